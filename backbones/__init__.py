@@ -1,0 +1,89 @@
+"""Classic CNN backbones for detection: one registry, one feature contract.
+
+>>> import backbones
+>>> m = backbones.create_model("resnext50_32x4d")                      # classifier
+>>> f = backbones.create_model("resnext50_32x4d", features_only=True)  # dict of c2..c5
+>>> f.out_channels
+{'c2': 256, 'c3': 512, 'c4': 1024, 'c5': 2048}
+
+Only torch is imported here; timm and torchvision are imported lazily when weights come from them.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from . import densenet, mobilenet, resnext, shufflenet, squeezenet, xception  # noqa: F401  (registrations)
+from .base import Backbone, FeatureInfo
+from .layers import NORMS, set_drop_path_progress
+from .nas import network as _nas_network  # noqa: F401  (registrations)
+from .profile import count_macs, count_params
+from .registry import ModelCard, builder_options, list_models, model_card, model_defaults
+from .weights import CheckpointMismatchError, load_pretrained
+
+__all__ = [
+    "Backbone",
+    "CheckpointMismatchError",
+    "FeatureInfo",
+    "ModelCard",
+    "builder_options",
+    "count_macs",
+    "count_params",
+    "create_model",
+    "list_models",
+    "model_card",
+    "model_defaults",
+    "set_drop_path_progress",
+]
+
+
+def create_model(
+    name: str,
+    *,
+    pretrained: bool | str | os.PathLike = False,
+    features_only: bool = False,
+    out_features: tuple[str, ...] | list[str] | None = None,
+    norm: str = "bn",
+    frozen_stages: int = -1,
+    **options: Any,
+) -> Backbone:
+    """Build a registered model.
+
+    Args:
+        name: a name from :func:`list_models`.
+        pretrained: False; True for the twin's published weights (timm / torchvision, needs network); or a path
+            to a state dict, ours or the twin's (told apart by its keys).
+        features_only: return a dict of feature levels (``c2``..``c5`` by default) instead of logits.
+        out_features: levels to return with ``features_only``.
+        norm: ``"bn"``, ``"frozen_bn"`` (keeps each layer's eps), ``"sync_bn"`` or ``"gn"``.
+        frozen_stages: -1 none, 0 the stem, k the stem and the first k stages (no grad, norms in eval mode).
+        **options: ``num_classes``, ``in_chans``, ``drop_path_rate``, ``reference_padding`` and the family's
+            knobs (see :func:`builder_options`). An unknown option raises ``TypeError`` naming the valid ones.
+    """
+    from .registry import build
+
+    if norm not in NORMS:
+        raise ValueError(f"norm={norm!r} is not valid; choose one of {', '.join(NORMS)}")
+    if not isinstance(pretrained, bool | str | os.PathLike):
+        raise TypeError(f"pretrained={pretrained!r} must be False, True or a path to a state dict")
+    model = build(name, options)
+    model.card = model_card(name)
+    model.pretrained_cfg = _pretrained_cfg(model)
+    if pretrained is not False:
+        load_pretrained(model, pretrained)
+    return model.configure(features_only=features_only, out_features=out_features, norm=norm,
+                           frozen_stages=frozen_stages)
+
+
+def _pretrained_cfg(model: Backbone) -> dict[str, Any]:
+    """timm-style data config of the model's reference weights (input size, mean/std, crop)."""
+    card = model.card
+    return {
+        "input_size": (3, card.input_size, card.input_size),
+        "mean": card.mean,
+        "std": card.std,
+        "crop_pct": card.crop_pct,
+        "num_classes": model.num_classes,
+        "classifier": model.classifier_name,
+    }

@@ -1,0 +1,1 @@
+"""NASNet-style networks: placeholder until the NAS family lands."""

@@ -1,0 +1,47 @@
+"""Parameter and multiply-accumulate counts measured on the module itself (never on a second copy of the net).
+
+MACs follow the convention of the reference notes: for every Conv2d and Linear, output elements x
+(input channels / groups) x kernel area, at batch 1; norms, pooling, activations and adds are not counted.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def count_params(model: nn.Module) -> int:
+    """Trainable-parameter count as the papers give it: every parameter (frozen ones too), no buffers."""
+    return sum(p.numel() for p in model.parameters())
+
+
+@torch.no_grad()
+def count_macs(model: nn.Module, input_size: int | tuple[int, int], in_chans: int = 3) -> int:
+    """Conv + linear multiply-accumulates of one forward pass at batch 1 (eval mode)."""
+    h, w = (input_size, input_size) if isinstance(input_size, int) else input_size
+    total = 0
+
+    def conv_hook(m: nn.Conv2d, inp, out) -> None:
+        nonlocal total
+        kh, kw = m.kernel_size
+        total += out.numel() * (m.in_channels // m.groups) * kh * kw
+
+    def linear_hook(m: nn.Linear, inp, out) -> None:
+        nonlocal total
+        total += out.numel() * m.in_features
+
+    handles = []
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            handles.append(m.register_forward_hook(conv_hook))
+        elif isinstance(m, nn.Linear):
+            handles.append(m.register_forward_hook(linear_hook))
+    was_training = model.training
+    model.eval()
+    try:
+        model(torch.zeros(1, in_chans, h, w))
+    finally:
+        for hd in handles:
+            hd.remove()
+        model.train(was_training)
+    return total

@@ -1,0 +1,113 @@
+"""Registry and factory behaviour: names, errors, options, weights files."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import backbones
+from backbones import registry
+from backbones.weights import CheckpointMismatchError
+
+
+def test_names_follow_style_and_cards_are_complete():
+    names = backbones.list_models()
+    assert names, "registry is empty"
+    for name in names:
+        assert name == name.lower() and " " not in name and "-" not in name
+        card = backbones.model_card(name)
+        assert card.paper and card.table and card.params > 0
+        assert set(card.twins) <= {"timm", "torchvision"}
+
+
+def test_list_models_pattern():
+    names = backbones.list_models()
+    prefix = names[0][:4]
+    assert backbones.list_models(prefix + "*") == [n for n in names if n.startswith(prefix)]
+    assert backbones.list_models("no_such_model*") == []
+
+
+def test_unknown_model_lists_close_matches():
+    name = backbones.list_models()[0]
+    with pytest.raises(KeyError, match=f"close matches: .*{name}"):
+        backbones.create_model(name + "x")
+
+
+def test_unknown_option_names_valid_ones():
+    name = backbones.list_models()[0]
+    with pytest.raises(TypeError, match="num_clases.*did you mean num_classes.*Valid options"):
+        backbones.create_model(name, num_clases=3)
+
+
+def test_bad_norm_and_frozen_stages_and_level():
+    name = backbones.list_models(detection_ready=True)[0]
+    with pytest.raises(ValueError, match="norm='batchnorm'.*bn, frozen_bn, sync_bn, gn"):
+        backbones.create_model(name, norm="batchnorm")
+    with pytest.raises(ValueError, match="frozen_stages=9"):
+        backbones.create_model(name, frozen_stages=9)
+    with pytest.raises(ValueError, match="unknown feature level 'p3'.*c2"):
+        backbones.create_model(name, features_only=True, out_features=("p3",))
+
+
+def test_duplicate_registration_names_both_sites():
+    name = backbones.list_models()[0]
+    entry = registry._REGISTRY[name]
+    with pytest.raises(ValueError, match=f"{name}.*registered twice: first at .*, again at .*test_registry.py"):
+        registry.register_model(name, entry.builder, entry.card)
+
+
+def test_backbones_imports_only_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, backbones; bad = [m for m in ('timm','torchvision','detectron2','lightning','hydra') if m in sys.modules]; print(bad)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "[]"
+
+
+def test_out_channels_known_before_forward_and_ordered():
+    name = backbones.list_models(detection_ready=True)[0]
+    f = backbones.create_model(name, features_only=True, out_features=["c5", "c3"])
+    assert list(f.out_channels) == ["c3", "c5"]
+
+
+def test_own_state_dict_roundtrip_and_mismatch(tmp_path):
+    a, b = backbones.list_models(detection_ready=True)[:2]
+    m = backbones.create_model(a)
+    path = tmp_path / "w.pth"
+    torch.save(m.state_dict(), path)
+    m2 = backbones.create_model(a, pretrained=str(path))
+    for k, v in m.state_dict().items():
+        assert torch.equal(v, m2.state_dict()[k])
+    with pytest.raises(CheckpointMismatchError, match="does not fit.*(missing|unexpected|shape)"):
+        backbones.create_model(b, pretrained=str(path))
+
+
+def test_pickle_that_runs_code_is_refused(tmp_path):
+    import pickle
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    path = tmp_path / "evil.pth"
+    with open(path, "wb") as f:
+        pickle.dump({"state_dict": Evil()}, f)
+    name = backbones.list_models()[0]
+    with pytest.raises(RuntimeError, match="weights_only=True"):
+        backbones.create_model(name, pretrained=str(path))
+
+
+def test_missing_weights_file_named():
+    name = backbones.list_models()[0]
+    with pytest.raises(FileNotFoundError, match="nope.pth"):
+        backbones.create_model(name, pretrained="nope.pth")
+
+
+def test_new_classifier_size_when_fine_tuning(tmp_path):
+    name = backbones.list_models(detection_ready=True)[0]
+    m = backbones.create_model(name)
+    path = tmp_path / "w.pth"
+    torch.save(m.state_dict(), path)
+    m2 = backbones.create_model(name, pretrained=str(path), num_classes=3)
+    assert m2(torch.randn(1, 3, 64, 64)).shape == (1, 3)
