@@ -72,8 +72,9 @@ def create_model(
     model.pretrained_cfg = _pretrained_cfg(model)
     if pretrained is not False:
         load_pretrained(model, pretrained)
-    return model.configure(features_only=features_only, out_features=out_features, norm=norm,
-                           frozen_stages=frozen_stages)
+    return model.configure(
+        features_only=features_only, out_features=out_features, norm=norm, frozen_stages=frozen_stages
+    )
 
 
 def _pretrained_cfg(model: Backbone) -> dict[str, Any]:

@@ -17,7 +17,10 @@ def count_params(model: nn.Module) -> int:
 
 @torch.no_grad()
 def count_macs(model: nn.Module, input_size: int | tuple[int, int], in_chans: int = 3) -> int:
-    """Conv + linear multiply-accumulates of one forward pass at batch 1 (eval mode)."""
+    """Conv + linear multiply-accumulates of one forward pass at batch 1 (eval mode).
+
+    A model built on the ``meta`` device is counted from shapes alone, in milliseconds.
+    """
     h, w = (input_size, input_size) if isinstance(input_size, int) else input_size
     total = 0
 
@@ -30,6 +33,7 @@ def count_macs(model: nn.Module, input_size: int | tuple[int, int], in_chans: in
         nonlocal total
         total += out.numel() * m.in_features
 
+    device = next(model.parameters()).device  # "meta" counts shapes only, without computing anything
     handles = []
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
@@ -39,7 +43,7 @@ def count_macs(model: nn.Module, input_size: int | tuple[int, int], in_chans: in
     was_training = model.training
     model.eval()
     try:
-        model(torch.zeros(1, in_chans, h, w))
+        model(torch.zeros(1, in_chans, h, w, device=device))
     finally:
         for hd in handles:
             hd.remove()

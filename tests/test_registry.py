@@ -60,7 +60,8 @@ def test_backbones_imports_only_torch():
     import subprocess
     import sys
 
-    code = "import sys, backbones; bad = [m for m in ('timm','torchvision','detectron2','lightning','hydra') if m in sys.modules]; print(bad)"
+    mods = ("timm", "torchvision", "detectron2", "lightning", "hydra")
+    code = f"import sys, backbones; print([m for m in {mods!r} if m in sys.modules])"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "[]"
 

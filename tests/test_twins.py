@@ -50,7 +50,10 @@ def test_twin_parity(name, lib, twin, tmp_path):
     tf = build_twin(lib, twin, features_only=True).eval()
     tf.load_state_dict(ref.state_dict(), strict=False)
     f = backbones.create_model(
-        name, pretrained=str(path), reference_padding=True, features_only=True,
+        name,
+        pretrained=str(path),
+        reference_padding=True,
+        features_only=True,
         out_features=backbones.create_model(name).feature_names,
     ).eval()
     with torch.no_grad():
