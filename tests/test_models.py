@@ -95,7 +95,9 @@ def test_frozen_bn_same_maths_and_keeps_eps(name):
     with torch.no_grad():
         a, b = ref.eval()(x), frozen.eval()(x)
     for k in a:
-        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-4)
+        # float32 rounding grows with the level's magnitude (random deep nets reach |x| ~ 1e2): scale atol with it
+        scale = max(1.0, a[k].abs().max().item())
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-4 * scale)
 
 
 @pytest.mark.parametrize("name", ALL)
