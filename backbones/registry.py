@@ -43,6 +43,9 @@ class ModelCard:
         paper_params, paper_macs: the figures printed in the paper when they differ from ``params``/``macs``.
         macs_at: extra reference MAC counts at other input sizes, ``{side: macs}``.
         params_tol, macs_tol: relative tolerance the faithfulness test allows.
+        macs_reference_padding: ``macs``/``macs_at`` were counted on the original padding, so the test counts the
+            model built with ``reference_padding=True`` (where the default pads for exact ``H / 2**i`` levels and so
+            computes on larger maps, e.g. SqueezeNet's valid conv1).
         notes: discrepancies between sources, deliberate deviations.
     """
 
@@ -64,6 +67,7 @@ class ModelCard:
     macs_at: dict[int, int] = field(default_factory=dict)
     params_tol: float = 0.005
     macs_tol: float = 0.02
+    macs_reference_padding: bool = False
     notes: str = ""
 
     @property
