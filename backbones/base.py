@@ -184,6 +184,34 @@ class Backbone(nn.Module):
             stages[stage].append(f"body.{k}")
         return stages
 
+    def make_box_head(self, level: str = "c4") -> nn.Module:
+        """Move the stages after ``level`` out of this feature extractor into a module run on each RoI.
+
+        Faster R-CNN "C4" (ResNet paper's detection setup, NASNet paper section 4.3): the shared trunk ends at
+        ``level`` (stride 16) and the last stage is the box head. Call on a ``features_only`` model that still holds
+        the deepest level; afterwards this network returns only ``level``. The returned module maps an RoI feature
+        ``(R, channels of level, h, w)`` to ``(R, out_channels, h', w')`` and has an ``out_channels`` attribute.
+        Default for chain networks (``self.body``); graph-shaped networks override it.
+        """
+        body = getattr(self, "body", None)
+        if not isinstance(body, nn.ModuleDict):
+            raise NotImplementedError(f"{type(self).__name__} is not a chain network; it must override make_box_head")
+        if not self.features_only:
+            raise ValueError("make_box_head needs a features_only model (create_model(..., features_only=True))")
+        keys = list(body.keys())
+        tap = self.feature(level).module.removeprefix("body.")
+        tail = keys[keys.index(tap) + 1 :]
+        if not tail:
+            raise ValueError(f"no stage runs after {level!r}; keep a deeper level in out_features to build a box head")
+        deepest = [f for f in self.feature_info if f.module.removeprefix("body.") in tail][-1]
+        head = nn.Sequential(OrderedDict((k, body[k]) for k in tail))
+        head.out_channels = deepest.channels
+        for k in tail:
+            del body[k]
+        self.out_features = (level,)
+        self._taps = {tap: level}
+        return head
+
     def _frozen_modules(self) -> list[nn.Module]:
         names = [n for stage in self.stage_modules()[: self.frozen_stages + 1] for n in stage]
         mods = dict(self.named_modules())

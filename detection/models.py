@@ -1,0 +1,450 @@
+"""Detectors around any registered backbone, built from torchvision's parts through ONE adapter.
+
+:class:`FeatureAdapter` turns a ``features_only`` backbone into what torchvision's detectors expect (an ordered dict
+of maps and an ``out_channels`` attribute), reading channels and strides from ``feature_info`` (no dummy forward):
+
+* ``faster_rcnn``: levels c2..c5 (configurable) -> torchvision ``FeaturePyramidNetwork`` with a max-pool level ->
+  RPN (one anchor size per map) -> ``MultiScaleRoIAlign`` -> two-FC box head (Lin et al. 2017, FPN).
+* ``faster_rcnn_c4``: the NASNet paper's setup (Zoph et al. 2018, arXiv:1707.07012, section 4.3, Table 4; the
+  ResNet paper's C4 detector): one stride-16 map, RoIAlign, the backbone's last stage as box head
+  (:meth:`backbones.Backbone.make_box_head`), 300 RPN proposals at test time ("300-500 RPN proposals per image").
+* ``ssd`` (Liu et al. 2016; SSD300/512 style: levels c3..c5 and plain 1x1 -> 3x3/2 extra layers) and ``ssdlite``
+  (Sandler et al. 2018: c4, c5 and depthwise extra layers) with torchvision's ``SSD``/``SSDLite`` heads and
+  ``DefaultBoxGenerator``. Default side 320 rather than 300 so every backbone level is exactly ``side / stride``.
+
+``num_classes`` is the number of object classes; torchvision's label 0 is the background, so the heads get
+``num_classes + 1`` outputs and dataset labels run 1..num_classes.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import os
+from collections import OrderedDict
+from collections.abc import Mapping
+from functools import partial
+from typing import Any
+
+from torch import Tensor, nn
+
+import backbones
+from backbones import Backbone
+from backbones.layers import ConvNormAct
+from backbones.weights import load_state_dict_checked, read_state_dict
+
+logger = logging.getLogger(__name__)
+
+_FASTER_RCNN_COMMON: dict[str, Any] = {
+    "anchor_sizes": [32, 64, 128, 256, 512],
+    "aspect_ratios": [0.5, 1.0, 2.0],
+    "min_size": 800,
+    "max_size": 1333,
+    "rpn_pre_nms_top_n_train": 2000,
+    "rpn_pre_nms_top_n_test": 1000,
+    "rpn_post_nms_top_n_train": 2000,
+    "rpn_post_nms_top_n_test": 1000,
+    "rpn_batch_size_per_image": 256,
+    "box_batch_size_per_image": 512,
+    "box_score_thresh": 0.05,
+    "box_nms_thresh": 0.5,
+    "box_detections_per_img": 100,
+    "sampling_ratio": 2,
+}
+_SSD_COMMON: dict[str, Any] = {
+    "size": 320,
+    "min_ratio": 0.2,
+    "max_ratio": 0.9,
+    "iou_thresh": 0.5,
+    "nms_thresh": 0.45,
+    "detections_per_img": 100,
+}
+
+#: every detector's options and their defaults (``conf/detector/<name>.yaml`` holds the same keys)
+DETECTORS: dict[str, dict[str, Any]] = {
+    "faster_rcnn": {
+        **_FASTER_RCNN_COMMON,
+        "levels": ["c2", "c3", "c4", "c5"],
+        "fpn_channels": 256,
+        "pool_level": True,  # FPN paper: P6 by stride-2 subsampling of P5, used by the RPN only
+        "roi_output_size": 7,
+        "representation_size": 1024,
+    },
+    "faster_rcnn_c4": {
+        **_FASTER_RCNN_COMMON,
+        "level": "c4",
+        "rpn_post_nms_top_n_test": 300,  # NASNet paper 4.3: "300-500 RPN proposals per image"
+        "roi_output_size": 14,  # the last stage halves it to 7 x 7 before global pooling
+    },
+    "ssd": {
+        **_SSD_COMMON,
+        "levels": ["c3", "c4", "c5"],
+        "extra_channels": [512, 256, 256],
+        "aspect_ratios": [[2], [2, 3], [2, 3], [2, 3], [2], [2]],  # SSD300 (torchvision ssd300_vgg16)
+        "score_thresh": 0.01,
+        "topk_candidates": 400,
+    },
+    "ssdlite": {
+        **_SSD_COMMON,
+        "levels": ["c4", "c5"],
+        "extra_channels": [512, 256, 256, 128],  # torchvision ssdlite320_mobilenet_v3_large
+        "aspect_ratios": [[2, 3]] * 6,
+        "max_ratio": 0.95,
+        "score_thresh": 0.001,
+        "nms_thresh": 0.55,
+        "topk_candidates": 300,
+    },
+}
+#: keys a detector config may carry that :func:`build_detector` does not read
+_CONFIG_ONLY = ("name",)
+
+
+def detector_names() -> list[str]:
+    return sorted(DETECTORS)
+
+
+def resolve_config(detector_cfg: Mapping[str, Any] | str) -> dict[str, Any]:
+    """Defaults of ``detector_cfg["name"]`` overridden by the given keys; unknown names and keys are errors."""
+    if isinstance(detector_cfg, str):
+        detector_cfg = {"name": detector_cfg}
+    cfg = _plain(detector_cfg)
+    name = cfg.get("name")
+    if name not in DETECTORS:
+        close = difflib.get_close_matches(str(name), DETECTORS, n=2)
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        raise ValueError(f"unknown detector {name!r}{hint}; valid detectors: {', '.join(detector_names())}")
+    valid = DETECTORS[name]
+    for key in cfg:
+        if key not in valid and key not in _CONFIG_ONLY:
+            close = difflib.get_close_matches(key, valid, n=3)
+            hint = f" (did you mean {', '.join(close)}?)" if close else ""
+            raise ValueError(f"unknown option {key!r} for detector {name!r}{hint}; valid: {', '.join(sorted(valid))}")
+    return {**valid, **{k: v for k, v in cfg.items() if k not in _CONFIG_ONLY}, "name": name}
+
+
+def _plain(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    try:
+        from omegaconf import DictConfig, OmegaConf
+
+        if isinstance(cfg, DictConfig):
+            return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+    except ImportError:  # pragma: no cover
+        pass
+    return dict(cfg)
+
+
+class FeatureAdapter(nn.Module):
+    """A ``features_only`` backbone as a torchvision detector backbone: ordered dict of maps + ``out_channels``.
+
+    Channels and strides come from the backbone's ``feature_info`` (known before any forward). ``neck``:
+
+    * ``"fpn"``: torchvision ``FeaturePyramidNetwork`` over the backbone levels (+ a ``pool`` level when
+      ``pool_level``); ``out_channels`` is the FPN width (one int, as ``FasterRCNN`` requires);
+    * ``"extra"``: the backbone levels followed by stride-2 extra blocks (SSD), named ``c6``, ``c7``, ...;
+      ``out_channels`` is the list of every map's channels (as ``SSD`` requires);
+    * ``"none"``: the backbone levels as they are (one level: ``out_channels`` is an int, for the C4 detector).
+    """
+
+    def __init__(
+        self,
+        body: Backbone,
+        neck: str = "none",
+        fpn_channels: int = 256,
+        pool_level: bool = True,
+        extra_channels: tuple[int, ...] | list[int] = (),
+        depthwise: bool = False,
+    ) -> None:
+        super().__init__()
+        if not body.features_only:
+            raise ValueError("FeatureAdapter needs a features_only backbone")
+        self.body = body
+        self.neck = neck
+        self.levels = list(body.out_features)
+        in_channels = [body.out_channels[n] for n in self.levels]
+        strides = [body.out_strides[n] for n in self.levels]
+        self.strides: list[int] = list(strides)
+        if neck == "fpn":
+            from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool
+
+            self.fpn = FeaturePyramidNetwork(in_channels, fpn_channels, LastLevelMaxPool() if pool_level else None)
+            self.out_channels: int | list[int] = fpn_channels
+            self.map_names = self.levels + (["pool"] if pool_level else [])
+            if pool_level:
+                self.strides.append(strides[-1] * 2)
+        elif neck == "extra":
+            blocks, c, s = [], in_channels[-1], strides[-1]
+            self.map_names = list(self.levels)
+            for out in extra_channels:
+                blocks.append(_extra_block(c, out, depthwise))
+                c, s = out, s * 2
+                self.map_names.append(f"c{s.bit_length() - 1}")
+                self.strides.append(s)
+            self.extra = nn.ModuleList(blocks)
+            self.out_channels = in_channels + list(extra_channels)
+        elif neck == "none":
+            self.map_names = list(self.levels)
+            self.out_channels = in_channels[0] if len(in_channels) == 1 else in_channels
+        else:
+            raise ValueError(f"neck={neck!r} is not valid; choose fpn, extra or none")
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        feats = self.body(x)
+        if self.neck == "fpn":
+            return self.fpn(feats)
+        if self.neck == "extra":
+            y = feats[self.levels[-1]]
+            for name, block in zip(self.map_names[len(self.levels) :], self.extra):
+                y = block(y)
+                feats[name] = y
+        return feats
+
+
+def _extra_block(in_channels: int, out_channels: int, depthwise: bool) -> nn.Sequential:
+    """A stride-2 extra layer: SSD's 1x1 (out/2) -> 3x3/2 (out), or SSDLite's 1x1 -> depthwise 3x3/2 -> 1x1."""
+    mid = out_channels // 2
+    if depthwise:
+        return nn.Sequential(
+            ConvNormAct(in_channels, mid, 1),
+            ConvNormAct(mid, mid, 3, stride=2, groups=mid),
+            ConvNormAct(mid, out_channels, 1),
+        )
+    return nn.Sequential(ConvNormAct(in_channels, mid, 1), ConvNormAct(mid, out_channels, 3, stride=2))
+
+
+def _backbone(
+    backbone: str | Backbone, out_features: list[str], options: dict[str, Any]
+) -> tuple[Backbone, tuple[float, ...], tuple[float, ...]]:
+    """A features_only backbone with ``out_features``, and the image mean/std of its card."""
+    if isinstance(backbone, str):
+        valid = backbones.list_models(detection_ready=True)
+        if backbone not in backbones.list_models():
+            close = difflib.get_close_matches(backbone, valid, n=3, cutoff=0.5)
+            hint = f" (did you mean {', '.join(close)}?)" if close else ""
+            raise ValueError(f"unknown backbone {backbone!r}{hint}; detection-ready backbones: {', '.join(valid)}")
+        if not backbones.model_card(backbone).detection_ready:
+            raise ValueError(_not_ready(backbone, valid))
+        model = backbones.create_model(backbone, features_only=True, out_features=tuple(out_features), **options)
+    else:
+        if options:
+            raise TypeError(f"backbone options {sorted(options)} only apply when the backbone is given by name")
+        model = backbone
+        if not model.detection_ready:
+            raise ValueError(_not_ready(getattr(model, "model_name", type(model).__name__), None))
+        if not model.features_only:
+            model.configure(features_only=True, out_features=tuple(out_features), norm=model.norm)
+        missing = [n for n in out_features if n not in model.out_features]
+        if missing:
+            raise ValueError(
+                f"the backbone returns {', '.join(model.out_features)} but the detector needs {', '.join(missing)}; "
+                f"build it with out_features={tuple(out_features)}"
+            )
+    for n in out_features:
+        model.feature(n)  # raises naming the model's levels
+    card = getattr(model, "card", None)
+    mean = tuple(card.mean) if card is not None else backbones.registry.IMAGENET_MEAN
+    std = tuple(card.std) if card is not None else backbones.registry.IMAGENET_STD
+    return model, mean, std
+
+
+def _not_ready(name: str, valid: list[str] | None) -> str:
+    msg = (
+        f"backbone {name!r} is not detection-ready: it is a CIFAR classifier without stride 4..32 levels "
+        f"(detection needs c2..c5)"
+    )
+    if valid:
+        msg += f"; detection-ready backbones: {', '.join(valid)}"
+    return msg
+
+
+def build_detector(
+    backbone: str | Backbone,
+    detector_cfg: Mapping[str, Any] | str,
+    num_classes: int,
+    **backbone_options: Any,
+) -> nn.Module:
+    """A torchvision ``FasterRCNN`` / ``SSD`` around ``backbone``.
+
+    Args:
+        backbone: a registered name (built ``features_only`` with ``backbone_options``, e.g. ``norm="frozen_bn"``,
+            ``frozen_stages=1``, ``pretrained=...``) or a :class:`~backbones.Backbone` instance.
+        detector_cfg: ``{"name": <one of DETECTORS>, ...options}`` (a ``conf/detector`` group) or just the name.
+        num_classes: object classes, background excluded.
+    """
+    cfg = resolve_config(detector_cfg)
+    if num_classes < 1:
+        raise ValueError(f"num_classes={num_classes} must be >= 1 (object classes, background excluded)")
+    name = cfg["name"]
+    if name == "faster_rcnn":
+        return _faster_rcnn_fpn(backbone, cfg, num_classes, backbone_options)
+    if name == "faster_rcnn_c4":
+        return _faster_rcnn_c4(backbone, cfg, num_classes, backbone_options)
+    return _ssd(backbone, cfg, num_classes, backbone_options)
+
+
+def _check_levels(levels: list[str]) -> None:
+    idx = [int(n[1:]) for n in levels]
+    if idx != list(range(idx[0], idx[0] + len(idx))):
+        raise ValueError(f"levels {levels} must be consecutive (e.g. c2, c3, c4, c5): RoIAlign maps boxes to levels")
+
+
+def _rcnn_kwargs(cfg: dict[str, Any]) -> dict[str, Any]:
+    keys = [k for k in _FASTER_RCNN_COMMON if k not in ("anchor_sizes", "aspect_ratios", "sampling_ratio")]
+    return {k: cfg[k] for k in keys}
+
+
+def _faster_rcnn_fpn(backbone, cfg, num_classes, options) -> nn.Module:
+    from torchvision.models.detection import FasterRCNN
+    from torchvision.models.detection.anchor_utils import AnchorGenerator
+    from torchvision.ops import MultiScaleRoIAlign
+
+    levels = list(cfg["levels"])
+    _check_levels(levels)
+    body, mean, std = _backbone(backbone, levels, options)
+    divisibility = body.size_divisibility
+    adapter = FeatureAdapter(body, "fpn", cfg["fpn_channels"], cfg["pool_level"])
+    sizes = _per_map(cfg["anchor_sizes"], adapter.map_names, "anchor_sizes")
+    anchors = AnchorGenerator(sizes, (tuple(cfg["aspect_ratios"]),) * len(sizes))
+    roi_pool = MultiScaleRoIAlign(levels, cfg["roi_output_size"], cfg["sampling_ratio"])
+    model = FasterRCNN(
+        adapter,
+        num_classes=num_classes + 1,
+        image_mean=list(mean),
+        image_std=list(std),
+        rpn_anchor_generator=anchors,
+        box_roi_pool=roi_pool,
+        size_divisible=divisibility,
+        **_rcnn_kwargs(cfg),
+    )
+    if cfg["representation_size"] != 1024:
+        from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+
+        rep = cfg["representation_size"]
+        model.roi_heads.box_head = TwoMLPHead(adapter.out_channels * cfg["roi_output_size"] ** 2, rep)
+        model.roi_heads.box_predictor = FastRCNNPredictor(rep, num_classes + 1)
+    return model
+
+
+def _per_map(sizes: Any, names: list[str], what: str) -> tuple[tuple[int, ...], ...]:
+    """One size tuple per feature map: a flat list gives one size per map, a list of lists several."""
+    sizes = list(sizes)
+    if len(sizes) != len(names):
+        raise ValueError(
+            f"{what} has {len(sizes)} entries but the detector has {len(names)} feature maps ({', '.join(names)}); "
+            f"give one size (or a list of sizes) per map"
+        )
+    return tuple(tuple(s) if isinstance(s, list | tuple) else (int(s),) for s in sizes)
+
+
+class _RoIStageHead(nn.Sequential):
+    """The backbone's last stage applied to each RoI, then global average pooling: (R, C, h, w) -> (R, C')."""
+
+    def __init__(self, stage: nn.Module, out_channels: int) -> None:
+        super().__init__(OrderedDict(stage=stage, pool=nn.AdaptiveAvgPool2d(1), flatten=nn.Flatten(1)))
+        self.out_channels = out_channels
+
+
+def _faster_rcnn_c4(backbone, cfg, num_classes, options) -> nn.Module:
+    from torchvision.models.detection import FasterRCNN
+    from torchvision.models.detection.anchor_utils import AnchorGenerator
+    from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
+    from torchvision.ops import MultiScaleRoIAlign
+
+    level = cfg["level"]
+    if level not in ("c2", "c3", "c4"):
+        raise ValueError(f"level={level!r} is not valid for faster_rcnn_c4; use c4 (the paper's stride 16), c3 or c2")
+    body, mean, std = _backbone(backbone, [level, "c5"], options)
+    divisibility = body.size_divisibility
+    stage = body.make_box_head(level)
+    box_head = _RoIStageHead(stage, stage.out_channels)
+    adapter = FeatureAdapter(body, "none")
+    sizes = cfg["anchor_sizes"]
+    sizes = tuple(int(s) for s in (sizes if isinstance(sizes, list | tuple) else [sizes]))
+    anchors = AnchorGenerator((sizes,), (tuple(cfg["aspect_ratios"]),))
+    roi_pool = MultiScaleRoIAlign([level], cfg["roi_output_size"], cfg["sampling_ratio"])
+    return FasterRCNN(
+        adapter,
+        num_classes=None,
+        image_mean=list(mean),
+        image_std=list(std),
+        rpn_anchor_generator=anchors,
+        box_roi_pool=roi_pool,
+        box_head=box_head,
+        box_predictor=FastRCNNPredictor(box_head.out_channels, num_classes + 1),
+        size_divisible=divisibility,
+        **_rcnn_kwargs(cfg),
+    )
+
+
+def _ssd(backbone, cfg, num_classes, options) -> nn.Module:
+    from torchvision.models.detection.anchor_utils import DefaultBoxGenerator
+    from torchvision.models.detection.ssd import SSD, SSDHead
+    from torchvision.models.detection.ssdlite import SSDLiteHead
+
+    lite = cfg["name"] == "ssdlite"
+    levels = list(cfg["levels"])
+    body, mean, std = _backbone(backbone, levels, options)
+    adapter = FeatureAdapter(body, "extra", extra_channels=cfg["extra_channels"], depthwise=lite)
+    ratios = [list(r) for r in cfg["aspect_ratios"]]
+    if len(ratios) != len(adapter.map_names):
+        raise ValueError(
+            f"aspect_ratios has {len(ratios)} entries but the detector has {len(adapter.map_names)} feature maps "
+            f"({', '.join(adapter.map_names)} = levels + extra_channels); give one list per map"
+        )
+    anchors = DefaultBoxGenerator(ratios, min_ratio=cfg["min_ratio"], max_ratio=cfg["max_ratio"])
+    num_anchors = anchors.num_anchors_per_location()
+    if lite:
+        norm = partial(nn.BatchNorm2d, eps=0.001, momentum=0.03)  # torchvision ssdlite320_mobilenet_v3_large
+        head: nn.Module = SSDLiteHead(adapter.out_channels, num_anchors, num_classes + 1, norm)
+    else:
+        head = SSDHead(adapter.out_channels, num_anchors, num_classes + 1)
+    size = cfg["size"]
+    size = (int(size), int(size)) if isinstance(size, int | float) else tuple(int(s) for s in size)
+    return SSD(
+        adapter,
+        anchors,
+        size,
+        num_classes + 1,
+        image_mean=list(mean),
+        image_std=list(std),
+        head=head,
+        score_thresh=cfg["score_thresh"],
+        nms_thresh=cfg["nms_thresh"],
+        detections_per_img=cfg["detections_per_img"],
+        iou_thresh=cfg["iou_thresh"],
+        topk_candidates=cfg["topk_candidates"],
+    )
+
+
+def convert_torchvision_state_dict(model: nn.Module, state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Map a torchvision detector's state dict (``backbone.body.<resnet names>``, ``backbone.fpn.*``, ``rpn.*``,
+    ``roi_heads.*``) onto ``model``: the backbone keys go through the family's ``remap_state_dict``; the FPN, RPN
+    and RoI-head keys are torchvision's own modules and keep their names."""
+    body = model.backbone.body
+    prefix = "backbone.body."
+    inner = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+    out = {k: v for k, v in state.items() if not k.startswith(prefix)}
+    out.update({prefix + k: v for k, v in body.remap_state_dict(inner).items()})
+    return out
+
+
+def load_detector_weights(model: nn.Module, source: str | os.PathLike | dict[str, Tensor]) -> None:
+    """Load our detector state dict, a Lightning checkpoint of one, or a torchvision detector's state dict.
+
+    Files are read with ``torch.load(weights_only=True)``. Mismatched keys are named
+    (:class:`backbones.CheckpointMismatchError`).
+    """
+    state = source if isinstance(source, dict) else read_state_dict(source)
+    origin = "state dict" if isinstance(source, dict) else repr(os.fspath(source))
+    own = model.state_dict()
+    if not set(own) <= set(state):
+        state = convert_torchvision_state_dict(model, state)
+    for k, v in own.items():  # BN counters are absent from FrozenBN checkpoints (torchvision's detectors)
+        if k.endswith("num_batches_tracked") and k not in state:
+            state[k] = v
+    load_state_dict_checked(model, state, origin)
+    logger.info("loaded detector weights from %s", origin)
+
+
+def detector_backbone(model: nn.Module) -> Backbone:
+    """The :class:`~backbones.Backbone` inside a detector built by :func:`build_detector`."""
+    return model.backbone.body
