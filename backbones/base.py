@@ -289,4 +289,5 @@ class Backbone(nn.Module):
                 nn.init.zeros_(m.bias)
             elif isinstance(m, nn.Linear):
                 nn.init.normal_(m.weight, 0, 0.01)
-                nn.init.zeros_(m.bias)
+                if m.bias is not None:  # ENAS classifiers have no bias
+                    nn.init.zeros_(m.bias)
