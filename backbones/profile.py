@@ -49,3 +49,26 @@ def count_macs(model: nn.Module, input_size: int | tuple[int, int], in_chans: in
             hd.remove()
         model.train(was_training)
     return total
+
+
+def saved_activation_bytes(model: nn.Module, x: torch.Tensor) -> int:
+    """Bytes of the tensors autograd keeps for backward in one forward pass of ``model(x)``, in the model's mode.
+
+    A deterministic stand-in for peak training memory that needs no accelerator: every tensor saved for backward
+    (``torch.autograd.graph.saved_tensors_hooks``, which also sees the inputs kept by non-reentrant checkpointing)
+    is counted once per storage; parameters and buffers are not activations and are left out. Outputs that no
+    backward needs (e.g. a feature map only returned) are not counted.
+    """
+    skip = {t.untyped_storage().data_ptr() for t in (*model.parameters(), *model.buffers())}
+    storages: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        s = t.untyped_storage()
+        if s.data_ptr() not in skip and s.nbytes() > 0:
+            storages[s.data_ptr()] = s.nbytes()
+        return t
+
+    with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = model(x)
+    del out
+    return sum(storages.values())
