@@ -228,3 +228,31 @@ def same_pad(x: Tensor, kernel_size: int, stride: int, dilation: int = 1, value:
     pad_h = max((math.ceil(ih / stride) - 1) * stride + eff - ih, 0)
     pad_w = max((math.ceil(iw / stride) - 1) * stride + eff - iw, 0)
     return F.pad(x, [pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2], value=value)
+
+
+class FactorizedReduce(nn.Module):
+    """Halve the spatial size without dropping pixels (NASNet / ENAS ``factorized_reduction``).
+
+    path1 = 1x1 conv (stride 2) on the even pixels; path2 = the same on the odd pixels (shift by one: crop the
+    top/left row and column, zero-pad bottom/right); concatenate (``out_channels / 2`` each) -> BN. A 1x1 conv with
+    stride 2 is the reference's 1x1 average pool with stride 2 followed by a 1x1 conv, without the extra copy.
+    ``relu=True`` applies ReLU first (cell inputs); callers that already hold the activated tensor pass ``False``.
+    Children ``path1``, ``path2``, ``bn``.
+    """
+
+    def __init__(
+        self, in_channels: int, out_channels: int, relu: bool = False, eps: float = 1e-5, momentum: float = 0.1
+    ) -> None:
+        super().__init__()
+        if out_channels % 2:
+            raise ValueError(f"FactorizedReduce needs an even out_channels, got {out_channels}")
+        self.relu = relu
+        self.path1 = nn.Conv2d(in_channels, out_channels // 2, 1, stride=2, bias=False)
+        self.path2 = nn.Conv2d(in_channels, out_channels // 2, 1, stride=2, bias=False)
+        self.bn = nn.BatchNorm2d(out_channels, eps=eps, momentum=momentum)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.relu:
+            x = F.relu(x)
+        shifted = F.pad(x, [-1, 1, -1, 1])  # (B, C, H, W): pixel (i, j) <- (i + 1, j + 1), zeros past the edge
+        return self.bn(torch.cat([self.path1(x), self.path2(shifted)], 1))
