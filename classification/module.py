@@ -1,0 +1,404 @@
+"""The only Lightning-aware classification code: :class:`ClassificationModule`, :class:`ClassificationDataModule`
+and :func:`run`, which ``tools/train_cls.py`` calls with the composed Hydra config.
+
+The Trainer comes from the shared :func:`detection.module.build_trainer` (the ``trainer`` config group): devices,
+DDP across GPUs and nodes, mixed precision, gradient clipping, atomic checkpoints, loggers, progress bar.
+Evaluation reports top-1 and top-5 on the val split, with the EMA weights when the recipe keeps an average; every
+rank's per-image results are gathered and de-duplicated by dataset index, so each val image counts exactly once
+even when a distributed sampler pads the last batch with repeats.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+
+import backbones
+
+from .data import ClassificationData, build_datasets, collate_skip_bad
+from .recipes import (
+    ModelEma,
+    build_optimizer,
+    build_schedule,
+    classification_loss,
+    update_drop_path,
+)
+
+logger = logging.getLogger(__name__)
+
+#: keys of a ``conf/recipe/*.yaml``
+RECIPE_KEYS = (
+    "name",
+    "source",
+    "epochs",
+    "optimizer",
+    "schedule",
+    "label_smoothing",
+    "aux_weight",
+    "ema_decay",
+    "ema_warmup",
+    "cutout",
+    "gradient_clip_val",
+    "model",
+)
+
+
+def plain(cfg: Any) -> Any:
+    """A resolved plain-Python copy of an OmegaConf node (or the object itself)."""
+    from omegaconf import DictConfig, ListConfig, OmegaConf
+
+    if isinstance(cfg, DictConfig | ListConfig):
+        return OmegaConf.to_container(cfg, resolve=True)
+    return cfg
+
+
+#: keys of a generated ``conf/backbone/*.yaml`` that describe the model card rather than set options
+BACKBONE_INFO_KEYS = ("family", "detection_ready", "input_size", "mean", "std")
+
+
+def backbone_spec(backbone_cfg: Mapping[str, Any] | str) -> tuple[str, dict[str, Any]]:
+    """``(model name, create_model options)`` of a ``conf/backbone/*.yaml`` entry: ``name``, the factory options
+    (``pretrained``, ``norm``, ``frozen_stages``) and ``options``; the card's informational keys are dropped."""
+    if isinstance(backbone_cfg, str):
+        return backbone_cfg, {}
+    cfg = dict(plain(backbone_cfg))
+    name = cfg.pop("name", None)
+    if not name:
+        raise ValueError(f"the backbone config has no 'name' key (got keys {sorted(cfg)}); use backbone=<model name>")
+    options = dict(cfg.pop("options", None) or {})
+    for k in BACKBONE_INFO_KEYS:
+        cfg.pop(k, None)
+    options.update(cfg)
+    if options.get("pretrained") in (None, False):
+        options.pop("pretrained", None)
+    return name, options
+
+
+class ClassificationModule(L.LightningModule):
+    """A registered backbone trained as a classifier with a recipe (``conf/recipe/*.yaml``).
+
+    Args:
+        model_name: a registered model.
+        model_options: ``create_model`` options (``pretrained``, ``drop_path_rate``, family knobs, ...).
+        num_classes: classifier size (the dataset's class count).
+        recipe: optimiser, schedule, label smoothing, aux weight, EMA decay, ... (see :data:`RECIPE_KEYS`).
+        channels_last: run the model in ``torch.channels_last`` memory format.
+        compile: wrap the training forward in ``torch.compile`` (the state dict keeps its plain names).
+        eval_raw: when EMA is on, also report the raw weights' accuracy as ``val/top1_raw`` / ``val/top5_raw``.
+    """
+
+    def __init__(
+        self,
+        model_name: str,
+        model_options: dict[str, Any],
+        num_classes: int,
+        recipe: dict[str, Any],
+        channels_last: bool = False,
+        compile: bool = False,
+        eval_raw: bool = False,
+    ) -> None:
+        super().__init__()
+        unknown = sorted(set(recipe) - set(RECIPE_KEYS))
+        if unknown:
+            raise ValueError(f"unknown recipe key(s) {', '.join(unknown)}; valid: {', '.join(RECIPE_KEYS)}")
+        self.save_hyperparameters()
+        self.recipe = recipe
+        self.model = backbones.create_model(model_name, num_classes=num_classes, **model_options)
+        if getattr(self.model, "features_only", False):
+            raise ValueError("classification needs the classifier head; remove features_only from the backbone options")
+        self.channels_last = channels_last
+        if channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        ema_decay = recipe.get("ema_decay")
+        self.ema = ModelEma(self.model, ema_decay, recipe.get("ema_warmup", True)) if ema_decay else None
+        # kept out of the module tree (no duplicate state-dict keys); the compiled wrapper shares self.model's weights
+        self.__dict__["_train_forward"] = torch.compile(self.model) if compile else self.model
+        self.eval_raw = eval_raw
+        self.total_steps = 1
+        self._val: dict[str, list[Tensor]] = {}
+
+    # ---- optimisation ----------------------------------------------------------------------------------------------
+    def global_batch_size(self) -> int:
+        batch = self.trainer.datamodule.batch_size if self.trainer.datamodule is not None else 1
+        return int(batch * self.trainer.world_size * self.trainer.accumulate_grad_batches)
+
+    def configure_optimizers(self):
+        opt_cfg = dict(self.recipe["optimizer"])
+        lr = float(opt_cfg["lr"])
+        ref = opt_cfg.get("reference_batch_size")
+        if ref:  # linear scaling rule (Goyal et al. 2017 §2.1): lr = base_lr * batch / reference batch
+            lr = lr * self.global_batch_size() / float(ref)
+        optimizer = build_optimizer(self.model, opt_cfg, lr)
+        self.total_steps = max(1, int(self.trainer.estimated_stepping_batches))
+        epochs = self.trainer.max_epochs if self.trainer.max_epochs and self.trainer.max_epochs > 0 else 1
+        steps_per_epoch = max(1, math.ceil(self.total_steps / epochs))
+        schedule = build_schedule(
+            self.recipe.get("schedule") or {"name": "constant"}, self.total_steps, steps_per_epoch
+        )
+        logger.info(
+            "optimizer %s lr=%.4g (global batch %d), %d steps, schedule %s",
+            opt_cfg["name"],
+            lr,
+            self.global_batch_size(),
+            self.total_steps,
+            schedule.name,
+        )
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None) -> None:
+        optimizer.step(closure=optimizer_closure)
+        if self.ema is not None:
+            self.ema.update(self.model)
+
+    # ---- training --------------------------------------------------------------------------------------------------
+    def _prep(self, x: Tensor) -> Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def training_step(self, batch, batch_idx: int) -> Tensor | None:
+        x, y, _, skipped = batch
+        if skipped:
+            self.log("train/skipped_images", float(skipped), reduce_fx="sum", on_step=False, on_epoch=True)
+        if len(y) == 0:
+            return None
+        progress = update_drop_path(self.model, self.global_step, self.total_steps)
+        out = self._train_forward(self._prep(x))
+        loss, parts = classification_loss(
+            out, y, float(self.recipe.get("label_smoothing", 0.0)), float(self.recipe.get("aux_weight", 0.0))
+        )
+        if not torch.isfinite(loss):
+            ckpt = self.trainer.checkpoint_callback
+            last = getattr(ckpt, "last_model_path", "") or getattr(ckpt, "best_model_path", "") or "none yet"
+            raise FloatingPointError(
+                f"non-finite training loss {loss.item()} at step {self.global_step} (epoch {self.current_epoch}); "
+                f"stopped. Last good checkpoint: {last}"
+            )
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(y))
+        if "aux" in parts:
+            self.log("train/loss_main", parts["main"], batch_size=len(y))
+            self.log("train/loss_aux", parts["aux"], batch_size=len(y))
+        self.log("train/drop_path_progress", progress, batch_size=len(y))
+        return loss
+
+    # ---- evaluation ------------------------------------------------------------------------------------------------
+    def eval_model(self) -> nn.Module:
+        """The weights evaluation uses: the EMA copy when the recipe keeps one."""
+        return self.ema.module if self.ema is not None else self.model
+
+    def on_validation_epoch_start(self) -> None:
+        self._val = {"index": [], "top1": [], "top5": [], "top1_raw": [], "top5_raw": []}
+
+    @staticmethod
+    def _hits(logits: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        if isinstance(logits, tuple | list):
+            logits = logits[0]
+        k = min(5, logits.shape[1])
+        top = logits.topk(k, dim=1).indices  # (B, k)
+        return top[:, 0].eq(y), top.eq(y[:, None]).any(1)
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        x, y, index, _ = batch
+        if len(y) == 0:
+            return
+        x = self._prep(x)
+        t1, t5 = self._hits(self.eval_model()(x), y)
+        self._val["index"].append(index)
+        self._val["top1"].append(t1)
+        self._val["top5"].append(t5)
+        if self.ema is not None and self.eval_raw:
+            r1, r5 = self._hits(self.model(x), y)
+            self._val["top1_raw"].append(r1)
+            self._val["top5_raw"].append(r5)
+
+    def _gather(self, t: Tensor) -> Tensor:
+        """Concatenate a 1-D tensor of possibly different length from every rank."""
+        if self.trainer.world_size == 1:
+            return t
+        n = torch.tensor([t.numel()], device=t.device)
+        sizes = self.all_gather(n).reshape(-1)
+        width = int(sizes.max())
+        padded = torch.zeros(width, dtype=t.dtype, device=t.device)
+        padded[: t.numel()] = t
+        allv = self.all_gather(padded).reshape(-1, width)
+        return torch.cat([allv[r, : int(sizes[r])] for r in range(len(sizes))])
+
+    def on_validation_epoch_end(self) -> None:
+        dev = self.device
+        index = (
+            torch.cat(self._val["index"]).to(dev)
+            if self._val["index"]
+            else torch.zeros(0, dtype=torch.long, device=dev)
+        )
+        index = self._gather(index)
+        order = torch.argsort(index, stable=True)
+        first = torch.ones_like(index, dtype=torch.bool)
+        sorted_index = index[order]
+        first[1:] = sorted_index[1:] != sorted_index[:-1]  # keep one result per val image (sampler padding repeats)
+        keep = order[first]
+        metrics: dict[str, float] = {}
+        for key in ("top1", "top5", "top1_raw", "top5_raw"):
+            if not self._val[key]:
+                continue
+            hits = self._gather(torch.cat(self._val[key]).to(dev, torch.long))[keep]
+            metrics[key] = 100.0 * hits.float().mean().item() if len(hits) else 0.0
+        metrics["images"] = float(len(keep))
+        for key, v in metrics.items():
+            self.log(f"val/{key}", v, prog_bar=key == "top1", rank_zero_only=False, sync_dist=False)
+        self.last_metrics = metrics
+
+    # ---- checkpoints -----------------------------------------------------------------------------------------------
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        keys = checkpoint.get("state_dict", {})
+        has_ema = any(k.startswith("ema.") for k in keys)
+        if has_ema and self.ema is None:
+            raise ValueError(
+                "the checkpoint holds EMA weights but this run's recipe has no ema_decay; use the recipe it was "
+                "trained with, or recipe.ema_decay=<decay>"
+            )
+        if self.ema is not None and not has_ema:  # e.g. fine-tuning from a run without EMA: start the average there
+            logger.warning("checkpoint has no EMA weights; the average starts from the loaded weights")
+            for k in [k for k in keys if k.startswith("model.")]:
+                keys["ema.module." + k.removeprefix("model.")] = keys[k]
+            keys["ema.num_updates"] = torch.zeros((), dtype=torch.long)
+
+
+class ClassificationDataModule(L.LightningDataModule):
+    """Loaders over :func:`classification.data.build_datasets`; the datasets are built once, on first use."""
+
+    def __init__(
+        self,
+        dataset_cfg: dict[str, Any],
+        card: backbones.ModelCard,
+        cutout: int = 0,
+    ) -> None:
+        super().__init__()
+        self.dataset_cfg = dict(dataset_cfg)
+        self.card = card
+        self.cutout = cutout
+        self.batch_size = int(self.dataset_cfg.get("batch_size", 64))
+        self.val_batch_size = int(self.dataset_cfg.get("val_batch_size") or self.batch_size)
+        self.num_workers = int(self.dataset_cfg.get("num_workers", 0))
+        self._data: ClassificationData | None = None
+
+    @property
+    def data(self) -> ClassificationData:
+        if self._data is None:
+            self._data = build_datasets(self.dataset_cfg, self.card, cutout=self.cutout)
+        return self._data
+
+    def _loader(self, ds, batch_size: int, train: bool) -> DataLoader:
+        return DataLoader(
+            ds,
+            batch_size=batch_size,
+            shuffle=train,
+            drop_last=train and len(ds) > batch_size,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
+            collate_fn=collate_skip_bad,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.data.train, self.batch_size, True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.data.val, self.val_batch_size, False)
+
+
+# ---- the run ---------------------------------------------------------------------------------------------------------
+def resolve_resume(resume: Any, output_dir: str | os.PathLike) -> str | None:
+    """``resume``: false, true (``<output_dir>/checkpoints/last.ckpt`` if it exists) or a checkpoint path."""
+    if resume in (None, False, "", "false"):
+        return None
+    if resume is True or resume == "true":
+        last = Path(output_dir) / "checkpoints" / "last.ckpt"
+        if last.is_file():
+            return str(last)
+        logger.warning("resume=true but %s does not exist; starting from scratch", last)
+        return None
+    path = os.path.expanduser(str(resume))
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"resume checkpoint {path!r} does not exist")
+    return path
+
+
+def run(cfg: Any, output_dir: str | os.PathLike, **trainer_overrides: Any) -> dict[str, float]:
+    """Train (or, with ``eval_only``, evaluate) as the composed ``conf/classify.yaml`` says; returns val metrics.
+
+    ``trainer_overrides`` go to ``build_trainer`` (tests pass e.g. ``logger=False``).
+    """
+    from detection.module import build_trainer
+
+    c = plain(cfg)
+    recipe = dict(c["recipe"])
+    dataset_cfg = dict(c["dataset"])
+    trainer_cfg = dict(c["trainer"])
+    name, options = backbone_spec(c["backbone"])
+    options.update(recipe.get("model") or {})
+    if c.get("pretrained"):
+        options["pretrained"] = c["pretrained"]
+    card = backbones.model_card(name)
+    L.seed_everything(int(c.get("seed", 0)), workers=True, verbose=False)
+
+    dm = ClassificationDataModule(dataset_cfg, card, cutout=int(recipe.get("cutout") or 0))
+    data = dm.data  # fails early, with a clear message, on a bad dataset
+    if "input_size" in backbones.builder_options(name) and "input_size" not in options:
+        options["input_size"] = data.image_size  # design resolution (sizes e.g. NASNet's aux head) = training one
+    module = ClassificationModule(
+        name,
+        options,
+        data.num_classes,
+        recipe,
+        channels_last=bool(trainer_cfg.get("channels_last", False)),
+        compile=bool(trainer_cfg.get("compile", False)),
+        eval_raw=bool(c.get("eval_raw", False)),
+    )
+    # run length: `epochs`, else trainer.max_epochs, else the dataset's (digits: short), else the recipe's (paper's)
+    epochs = c.get("epochs") or trainer_cfg.get("max_epochs") or dataset_cfg.get("epochs") or recipe.get("epochs")
+    overrides: dict[str, Any] = {"max_epochs": int(epochs)}
+    if trainer_cfg.get("gradient_clip_val") is None and recipe.get("gradient_clip_val"):
+        overrides["gradient_clip_val"] = float(recipe["gradient_clip_val"])
+    overrides.update(trainer_overrides)
+    trainer = build_trainer(trainer_cfg, output_dir, monitor="val/top1", mode="max", **overrides)
+
+    if c.get("eval_only"):
+        ckpt = c.get("checkpoint")
+        if ckpt and not os.path.isfile(os.path.expanduser(str(ckpt))):
+            raise FileNotFoundError(f"checkpoint {ckpt!r} does not exist")
+        trainer.validate(module, datamodule=dm, ckpt_path=ckpt or None, weights_only=True, verbose=False)
+    else:
+        ckpt_path = resolve_resume(c.get("resume", False), output_dir)
+        if ckpt_path:
+            logger.info("resuming from %s", ckpt_path)
+        trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
+        if not getattr(module, "last_metrics", None) or trainer.limit_val_batches == 0:
+            trainer.validate(module, datamodule=dm, verbose=False)
+    metrics = dict(getattr(module, "last_metrics", {}))
+    metrics["epochs_done"] = float(trainer.current_epoch)
+    metrics["global_step"] = float(trainer.global_step)
+    if trainer.is_global_zero:
+        _write_json(Path(output_dir) / "results.json", {"model": name, "dataset": dataset_cfg.get("name"), **metrics})
+        logger.info(
+            "val top-1 %.2f%%  top-5 %.2f%%  (%d images)",
+            metrics.get("top1", float("nan")),
+            metrics.get("top5", float("nan")),
+            int(metrics.get("images", 0)),
+        )
+    return metrics
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2))
+    os.replace(tmp, path)

@@ -1,0 +1,43 @@
+"""Train or evaluate a registered backbone as an image classifier (Hydra entry point; the logic lives in
+``classification.module.run``).
+
+    python tools/train_cls.py                                   # digits, default backbone, CPU, a few minutes
+    python tools/train_cls.py backbone=resnet50 dataset=imagefolder dataset.root=/data/imagenet trainer=ddp
+    python tools/train_cls.py backbone=nasnet_a_mobile recipe=nasnet_imagenet dataset=imagefolder dataset.root=...
+    python tools/train_cls.py eval_only=true pretrained=/path/to/weights.pth      # ours or a timm/torchvision twin's
+    python tools/train_cls.py eval_only=true checkpoint=outputs/.../checkpoints/last.ckpt
+    python tools/train_cls.py resume=true hydra.run.dir=outputs/classify/<run>    # continue a killed run
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from classification.module import run  # noqa: E402
+
+log = logging.getLogger("train_cls")
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="classify")
+def main(cfg: DictConfig) -> float:
+    from hydra.core.hydra_config import HydraConfig
+
+    metrics = run(cfg, HydraConfig.get().runtime.output_dir)
+    log.info(
+        "top-1 %.2f%%, top-5 %.2f%% on %d val images",
+        metrics.get("top1", float("nan")),
+        metrics.get("top5", float("nan")),
+        int(metrics.get("images", 0)),
+    )
+    return metrics.get("top1", float("nan"))
+
+
+if __name__ == "__main__":
+    main()
