@@ -30,9 +30,11 @@ from __future__ import annotations
 
 import difflib
 import logging
+import math
 import re
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor, nn
 
 from .base import Backbone
@@ -200,6 +202,20 @@ class MobileNetV1(Backbone):
         self.num_classes = num_classes
         self.fc = nn.Linear(cin, num_classes) if num_classes > 0 else nn.Identity()
         self.init_weights()
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """The base's initialisation, but a depthwise conv's fan-out counted per group (k * k, as timm and TF count it).
+
+        PyTorch's Kaiming fan-out counts every output channel, which shrinks each depthwise layer's output by about
+        sqrt(C); with no residual to carry the signal, a 1.0 MobileNet's features start near 1e-17: hard to train,
+        and slow on CPU (denormal arithmetic).
+        """
+        super().init_weights()
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d) and m.groups > 1:
+                fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels // m.groups
+                nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan_out))
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         x = x.mean((2, 3))  # Table 1: Avg Pool 7x7 at 224, global at any side

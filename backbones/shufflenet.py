@@ -218,22 +218,6 @@ class ShuffleNetV1(Backbone):
         self.fc = nn.Linear(cin, num_classes, bias=False) if num_classes > 0 else nn.Identity()
         self.init_weights()
 
-    @torch.no_grad()
-    def init_weights(self) -> None:
-        """The base's initialisation (Kaiming convs, unit/zero BN, N(0, 0.01) linear) for a bias-free classifier."""
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0, 0.01)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         x = x.mean((2, 3))  # Table 1 GlobalPool 7x7 at 224, global at any side
         return x if pre_logits else self.fc(x)

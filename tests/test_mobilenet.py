@@ -122,3 +122,11 @@ def test_reference_padding_changes_nothing():
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(a(x), b(x))
+
+
+def test_initial_features_do_not_vanish():
+    """No residual carries the signal: with a per-channel depthwise fan-out the features at init would be ~1e-17."""
+    m = backbones.create_model("mobilenet_v1_x1_0").eval()
+    with torch.no_grad():
+        feats = m.forward_features(torch.randn(2, 3, 128, 128, generator=torch.Generator().manual_seed(0)))
+    assert 1e-3 < feats.abs().mean().item() < 1e3
