@@ -204,3 +204,323 @@ def build_trainer(
     args.update(overrides)
     logger.info("lightning.Trainer(%s)", ", ".join(f"{k}={v!r}" for k, v in args.items() if k != "callbacks"))
     return L.Trainer(**args)
+
+
+# ---- detection: data ------------------------------------------------------------------------------------------------
+DATASET_KEYS = (
+    "name", "task", "root", "train_images", "train_ann", "val_images", "val_ann", "min_size", "max_size",
+    "batch_size", "eval_batch_size", "workers", "hflip", "aspect_ratio_group_factor", "on_bad_image",
+    "min_box_size", "generate",
+)  # fmt: skip
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training stopped because the loss is NaN or infinite; the message names the step and the last checkpoint."""
+
+
+class DetectionDataModule(L.LightningDataModule):
+    """Train / val COCO-format datasets from a ``dataset`` config group; shards them across ranks itself.
+
+    ``dataset.name == "shapes"`` generates the synthetic set into ``dataset.root`` on first use (``prepare_data``);
+    any other name reads ``train_images``/``train_ann``/``val_images``/``val_ann``.
+    """
+
+    def __init__(self, dataset_cfg: Mapping[str, Any], seed: int = 0) -> None:
+        super().__init__()
+        self.cfg = _plain(dataset_cfg)
+        _check_keys(self.cfg, DATASET_KEYS, "dataset")
+        self.seed = seed
+        self.train_set: Any = None
+        self.val_set: Any = None
+
+    def _paths(self) -> dict[str, str]:
+        cfg = self.cfg
+        if cfg["name"] == "shapes":
+            from .synthetic import ShapesSpec, default_cache_dir, ensure_shapes
+
+            root = ensure_shapes(cfg.get("root") or default_cache_dir(), ShapesSpec(**(cfg.get("generate") or {})))
+            return {
+                "train_images": str(root / "train"),
+                "train_ann": str(root / "annotations" / "instances_train.json"),
+                "val_images": str(root / "val"),
+                "val_ann": str(root / "annotations" / "instances_val.json"),
+            }
+        root = cfg.get("root")
+        if root and not os.path.isdir(root):
+            raise FileNotFoundError(f"dataset folder {root!r} (dataset={cfg['name']}) does not exist")
+        return {k: cfg[k] for k in ("train_images", "train_ann", "val_images", "val_ann")}
+
+    def prepare_data(self) -> None:
+        self._paths()
+
+    def _dataset(self, split: str, train: bool) -> Any:
+        from .data import CocoDetection, build_transforms
+
+        paths = self._paths()
+        cfg = self.cfg
+        tf = build_transforms(train, cfg.get("min_size"), cfg.get("max_size"), cfg.get("hflip", 0.5) if train else 0)
+        return CocoDetection(
+            paths[f"{split}_images"],
+            paths[f"{split}_ann"],
+            transforms=tf,
+            on_bad_image=cfg.get("on_bad_image", "skip"),
+            min_box_size=cfg.get("min_box_size", 1.0),
+        )
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.val_set is None:
+            self.val_set = self._dataset("val", train=False)
+        if stage in (None, "fit") and self.train_set is None:
+            self.train_set = self._dataset("train", train=True)
+            if self.train_set.label_to_cat != self.val_set.label_to_cat:
+                raise ValueError(
+                    f"{self.train_set.ann_file} and {self.val_set.ann_file} have different categories; "
+                    f"train and val must share one category list"
+                )
+
+    @property
+    def num_classes(self) -> int:
+        self.setup("validate")
+        return self.val_set.num_classes
+
+    def _rank(self) -> tuple[int, int]:
+        if self.trainer is not None:
+            return self.trainer.global_rank, self.trainer.world_size
+        return 0, 1
+
+    def _loader(self, dataset: Any, **kw: Any) -> torch.utils.data.DataLoader:
+        from .data import collate
+
+        workers = int(self.cfg.get("workers", 2))
+        return torch.utils.data.DataLoader(
+            dataset, num_workers=workers, collate_fn=collate, persistent_workers=workers > 0, **kw
+        )
+
+    def train_dataloader(self) -> torch.utils.data.DataLoader:
+        from torch.utils.data.distributed import DistributedSampler
+
+        from .data import GroupedBatchSampler, aspect_ratio_groups
+
+        rank, world = self._rank()
+        sampler = DistributedSampler(self.train_set, num_replicas=world, rank=rank, shuffle=True, seed=self.seed)
+        groups = aspect_ratio_groups(self.train_set, int(self.cfg.get("aspect_ratio_group_factor", 3)))
+        batches = GroupedBatchSampler(sampler, groups, int(self.cfg["batch_size"]))
+        return self._loader(self.train_set, batch_sampler=batches)
+
+    def val_dataloader(self) -> torch.utils.data.DataLoader:
+        from .data import ShardSampler
+
+        rank, world = self._rank()
+        sampler = ShardSampler(len(self.val_set), rank, world)
+        bs = int(self.cfg.get("eval_batch_size") or self.cfg["batch_size"])
+        return self._loader(self.val_set, batch_size=bs, sampler=sampler)
+
+
+# ---- detection: model -----------------------------------------------------------------------------------------------
+SOLVER_KEYS = (
+    "name", "optimizer", "lr", "momentum", "weight_decay", "norm_weight_decay", "warmup_iters", "warmup_factor",
+    "schedule", "milestones", "gamma", "min_lr_factor", "epochs",
+)  # fmt: skip
+BACKBONE_KEYS = ("name", "family", "detection_ready", "input_size", "mean", "std", "pretrained", "norm",
+                 "frozen_stages", "options")  # fmt: skip
+
+
+class DetectionModule(L.LightningModule):
+    """Trains a detector of :func:`detection.models.build_detector` and scores it with COCO box mAP.
+
+    Args:
+        cfg: the composed config (``backbone``, ``detector``, ``solver``, ``trainer`` groups; plain dict).
+        num_classes: object classes of the dataset.
+        output_dir: where evaluation results are written (rank 0).
+    """
+
+    def __init__(self, cfg: Mapping[str, Any], num_classes: int, output_dir: str | None = None) -> None:
+        super().__init__()
+        from .models import build_detector
+
+        cfg = _plain(cfg)
+        self.save_hyperparameters({"cfg": cfg, "num_classes": num_classes, "output_dir": output_dir})
+        self.cfg = cfg
+        bb = cfg["backbone"]
+        _check_keys(bb, BACKBONE_KEYS, "backbone")
+        _check_keys(cfg["solver"], SOLVER_KEYS, "solver")
+        options = {k: bb[k] for k in ("pretrained", "norm", "frozen_stages") if k in bb}
+        options.update(bb.get("options") or {})
+        self.model = build_detector(bb["name"], cfg["detector"], num_classes, **options)
+        trainer_cfg = cfg.get("trainer", {})
+        if trainer_cfg.get("channels_last"):
+            self.model.backbone.to(memory_format=torch.channels_last)
+        if trainer_cfg.get("compile"):
+            self.model.backbone.body.compile(dynamic=True)
+        self.output_dir = output_dir
+        self.evaluator: Any = None
+        self.eval_backend = cfg.get("eval_backend", "pycocotools")
+        self.last_metrics: dict[str, float] = {}
+        self.last_eval_step = -1
+
+    def forward(self, images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+        return self.model(images)
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor | None:
+        images, targets, skipped = batch
+        if skipped:
+            self.log("train/skipped_images", float(len(skipped)), on_step=False, on_epoch=True, reduce_fx="sum")
+        if not images:
+            return None
+        targets = [{"boxes": t["boxes"], "labels": t["labels"]} for t in targets]
+        losses = self.model(images, targets)
+        loss = sum(losses.values())
+        bad = not bool(torch.isfinite(loss))
+        bad = self.trainer.strategy.reduce_boolean_decision(bad, all=False) if self.trainer.world_size > 1 else bad
+        if bad:
+            ckpt = self.trainer.checkpoint_callback
+            last = (ckpt.last_model_path or ckpt.best_model_path) if ckpt is not None else ""
+            terms = ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
+            raise NonFiniteLossError(
+                f"non-finite loss at step {self.global_step} (epoch {self.current_epoch}, batch {batch_idx}): "
+                f"{terms}. Training stopped; last good checkpoint: {last or 'none written yet'}. Lower solver.lr, "
+                f"raise solver.warmup_iters or set trainer.gradient_clip_val"
+            )
+        bs = len(images)
+        self.log("train/loss", loss, prog_bar=True, batch_size=bs)
+        self.log_dict({f"train/{k}": v for k, v in losses.items()}, batch_size=bs)
+        return loss
+
+    # -- evaluation --
+    def on_validation_epoch_start(self) -> None:
+        from .evaluation import CocoEvaluator
+
+        val = self.trainer.datamodule.val_set
+        self.evaluator = CocoEvaluator(val.ann_file, val.label_to_cat, self.eval_backend)
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        images, targets, skipped = batch
+        self.evaluator.mark_seen(skipped)
+        if images:
+            self.evaluator.update(targets, self.model(images))
+
+    def on_validation_epoch_end(self) -> None:
+        from .evaluation import evaluate_results, write_json_atomic
+
+        results, image_ids = self.evaluator.gather()
+        stats = None
+        if self.trainer.is_global_zero and not self.trainer.sanity_checking:
+            stats = evaluate_results(self.evaluator.ann_file, results, image_ids, self.eval_backend)
+            if self.output_dir:
+                out = Path(self.output_dir) / "eval"
+                write_json_atomic(out / f"coco_results_step{self.global_step:07d}.json", results)
+                summary = {"step": self.global_step, "epoch": self.current_epoch, "images": len(image_ids), **stats}
+                write_json_atomic(out / "metrics.json", summary)
+            logger.info("step %d: %s", self.global_step, ", ".join(f"{k}={v:.4f}" for k, v in stats.items()))
+        stats = self.trainer.strategy.broadcast(stats, src=0)
+        if stats is not None:
+            self.last_metrics = stats
+            self.last_eval_step = self.global_step
+            self.log_dict({f"val/{k}": v for k, v in stats.items()}, prog_bar=False)
+            self.log("val/AP50", stats["AP50"], prog_bar=True)
+
+    # -- optimisation --
+    def configure_optimizers(self) -> dict[str, Any]:
+        s = self.cfg["solver"]
+        decay, no_decay = [], []
+        for p in self.model.parameters():
+            if not p.requires_grad:
+                continue
+            (no_decay if p.ndim <= 1 else decay).append(p)
+        nwd = s.get("norm_weight_decay")
+        groups = [
+            {"params": decay, "weight_decay": s["weight_decay"]},
+            {"params": no_decay, "weight_decay": s["weight_decay"] if nwd is None else nwd},
+        ]
+        if s["optimizer"] == "sgd":
+            opt: torch.optim.Optimizer = torch.optim.SGD(groups, lr=s["lr"], momentum=s.get("momentum", 0.9))
+        elif s["optimizer"] == "adamw":
+            opt = torch.optim.AdamW(groups, lr=s["lr"])
+        else:
+            raise ValueError(f"solver.optimizer={s['optimizer']!r} is not valid; choose sgd or adamw")
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda_for(s, total))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def lr_lambda_for(solver: Mapping[str, Any], total_steps: int):
+    """LR factor per step: linear warmup from ``warmup_factor`` then ``cosine`` / ``multistep`` / ``constant``."""
+    import math
+
+    warmup = int(solver.get("warmup_iters", 0))
+    w0 = float(solver.get("warmup_factor", 0.001))
+    kind = solver.get("schedule", "cosine")
+    floor = float(solver.get("min_lr_factor", 0.0))
+    milestones = [int(m * total_steps) if m < 1 else int(m) for m in solver.get("milestones", [])]
+    gamma = float(solver.get("gamma", 0.1))
+    if kind not in ("cosine", "multistep", "constant"):
+        raise ValueError(f"solver.schedule={kind!r} is not valid; choose cosine, multistep or constant")
+
+    def factor(step: int) -> float:
+        f = 1.0
+        if kind == "cosine":
+            t = min(1.0, step / total_steps)
+            f = floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t))
+        elif kind == "multistep":
+            f = gamma ** sum(step >= m for m in milestones)
+        if step < warmup:
+            f *= w0 + (1 - w0) * step / warmup
+        return f
+
+    return factor
+
+
+# ---- entry point ----------------------------------------------------------------------------------------------------
+def check_task(cfg: Mapping[str, Any], task: str = "detection") -> None:
+    """A detection run must get a detection dataset (and a detection-ready backbone), and vice versa."""
+    ds = cfg["dataset"]
+    if ds.get("task") != task:
+        raise ValueError(
+            f"dataset={ds.get('name')!r} is a {ds.get('task') or 'untyped'} dataset; a {task} run needs a {task} "
+            f"dataset (conf/dataset/*.yaml with task: {task})"
+        )
+
+
+def resolve_resume(resume: Any, output_dir: str) -> str | None:
+    """``resume``: null (fresh run), true (``<output_dir>/checkpoints/last.ckpt``), or a checkpoint file / run dir."""
+    if resume in (None, False, "", "null"):
+        return None
+    if resume is True or resume == "true":
+        path = Path(output_dir) / "checkpoints" / "last.ckpt"
+    else:
+        path = Path(str(resume))
+        if path.is_dir():
+            path = path / "checkpoints" / "last.ckpt" if (path / "checkpoints").is_dir() else path / "last.ckpt"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"resume: checkpoint {os.fspath(path)!r} does not exist (resume=true reads "
+            f"<run dir>/checkpoints/last.ckpt; pass hydra.run.dir=<the earlier run dir> or resume=<checkpoint file>)"
+        )
+    return os.fspath(path)
+
+
+def run(cfg: Mapping[str, Any], output_dir: str | os.PathLike) -> dict[str, float]:
+    """Train (or with ``eval_only`` evaluate) a detector as the config says; returns the last COCO stats."""
+    cfg = _plain(cfg)
+    check_task(cfg)
+    output_dir = os.fspath(output_dir)
+    L.seed_everything(int(cfg.get("seed", 0)), workers=True)
+    from .models import load_detector_weights
+
+    dm = DetectionDataModule(cfg["dataset"], seed=int(cfg.get("seed", 0)))
+    dm.prepare_data()
+    dm.setup("validate" if cfg.get("eval_only") else "fit")
+    model = DetectionModule(cfg, dm.num_classes, output_dir)
+    if cfg.get("checkpoint"):
+        load_detector_weights(model.model, cfg["checkpoint"])
+    trainer = build_trainer(cfg["trainer"], output_dir, monitor="val/AP", mode="max", use_distributed_sampler=False)
+    if cfg.get("eval_only"):
+        if not cfg.get("checkpoint"):
+            raise ValueError("eval_only=true needs checkpoint=<detector weights or a training checkpoint>")
+        trainer.validate(model, datamodule=dm)
+    else:
+        ckpt = resolve_resume(cfg.get("resume"), output_dir)
+        trainer.fit(model, datamodule=dm, ckpt_path=ckpt, weights_only=True)
+        if model.last_eval_step != trainer.global_step:  # stopped by max_steps between evaluations
+            trainer.validate(model, datamodule=dm)
+    return model.last_metrics

@@ -3,6 +3,7 @@
 python tools/model_zoo.py                      # print the table
 python tools/model_zoo.py --pattern "nasnet*"  # some models
 python tools/model_zoo.py --write-readme       # refresh the table between the zoo markers of README.md
+python tools/model_zoo.py --write-conf         # regenerate conf/backbone/<name>.yaml from the registry
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from backbones.zoo import markdown_table, replace_between_markers, zoo_rows  # noqa: E402
+from backbones.zoo import markdown_table, replace_between_markers, write_backbone_confs, zoo_rows  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -23,7 +24,12 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pattern", default="*", help="shell-style filter on model names")
     ap.add_argument("--write-readme", action="store_true", help="write the table into README.md")
+    ap.add_argument("--write-conf", action="store_true", help="write conf/backbone/<name>.yaml for every model")
     args = ap.parse_args(argv)
+    if args.write_conf:
+        names = write_backbone_confs(ROOT / "conf" / "backbone")
+        print(f"wrote {len(names)} files into {ROOT / 'conf' / 'backbone'}")
+        return 0
     rows = zoo_rows(args.pattern)
     if not rows:
         ap.error(f"no registered model matches {args.pattern!r}")
