@@ -39,7 +39,7 @@ from torch import Tensor, nn
 
 from .base import Backbone
 from .layers import ConvNormAct, SqueezeExcite
-from .registry import ModelCard, register_model
+from .registry import INCEPTION_MEAN, INCEPTION_STD, ModelCard, register_model
 
 logger = logging.getLogger(__name__)
 
@@ -266,6 +266,8 @@ def _card(name: str) -> ModelCard:
         params=row.params,
         macs=row.macs[224],
         top1=row.top1,
+        mean=INCEPTION_MEAN,  # TF-slim's and timm's MobileNet v1 weights take inputs in [-1, 1]
+        std=INCEPTION_STD,
         paper_params=row.paper_params,
         paper_macs=row.paper_macs,
         macs_at={side: m for side, m in row.macs.items() if side != 224},
