@@ -105,6 +105,32 @@ class AuxHead(nn.Module):
         return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
 
 
+class _CellTail(nn.Module):
+    """The cells after a feature level, run on RoI features (see :meth:`NASNet.make_box_head`): any input produced
+    before ``first`` is the RoI feature ``x``; returns the last cell's output after ReLU."""
+
+    def __init__(self, cells: nn.ModuleDict, specs: list, first: int, out_channels: int) -> None:
+        super().__init__()
+        self.cells = cells
+        self._specs = [sp for sp in specs if sp.name in cells]
+        self._first = first
+        self.out_channels = out_channels
+
+    def forward(self, x: Tensor) -> Tensor:
+        vals: dict[tuple[int, int], tuple[Tensor, Tensor]] = {}
+        y: Tensor | list[Tensor] = x
+        for idx, sp in enumerate(self._specs, start=self._first):
+            pairs = [(x, x) if r.p < self._first else vals[(r.p, min(r.k, _outputs(vals, r.p) - 1))] for r in sp.inputs]
+            y = self.cells[sp.name]([a for a, _ in pairs], [b for _, b in pairs])
+            for k, t in enumerate(y if isinstance(y, list) else [y]):
+                vals[(idx, k)] = (t, F.relu(t))
+        return vals[(self._first + len(self._specs) - 1, 0)][1]
+
+
+def _outputs(vals: dict, p: int) -> int:
+    return sum(1 for q, _ in vals if q == p)
+
+
 class NASNet(Backbone):
     """A cell network built from a genotype; see the module docstring.
 
@@ -395,6 +421,47 @@ class NASNet(Backbone):
         for sp in self._specs[keep:]:
             del self.cells[sp.name]
         self.__dict__.pop("_plans", None)
+
+    def make_box_head(self, level: str = "c4") -> nn.Module:
+        """Faster R-CNN C4 box head (NASNet paper section 4.3): the cells after ``level``, moved out of this network
+        and run on each RoI. Every cell input produced at or before ``level`` is fed the RoI feature, which has the
+        width and stride of those producers (NASNet-A: the last two normal cells of the stride-16 stage)."""
+        if not self.features_only:
+            raise ValueError("make_box_head needs a features_only model (create_model(..., features_only=True))")
+        tap = self.feature(level).module
+        names = [f"cells.{sp.name}" for sp in self._specs]
+        if tap not in names:
+            raise ValueError(f"level {level!r} is the stem; a box head starts after a cell level")
+        first = names.index(tap) + 2  # producer index of the first cell after the tap (0 = stem)
+        run = [sp.name for sp in self._specs[first - 1 :] if sp.name in self.cells]
+        if not run:
+            raise ValueError(f"no cell runs after {level!r}; keep a deeper level in out_features")
+        strides: dict[int, int] = {}
+        chans: dict[int, int] = {}
+        stride = 2 if "c1" in self.feature_names else 1  # ImageNet conv0 is stride 2
+        strides[0], chans[0] = stride, self.stem.conv.out_channels
+        for p, sp in enumerate(self._specs, start=1):
+            stride *= 2 if sp.reduction else 1
+            strides[p] = stride
+            if sp.name in self.cells:
+                out = self.cells[sp.name].out_channels
+                chans[p] = out if isinstance(out, int) else out[0]
+        want = (self.feature(level).channels, self.feature(level).stride)
+        for sp in self._specs[first - 1 : first - 1 + len(run)]:
+            for r in sp.inputs:
+                if r.p < first and (chans.get(r.p), strides[r.p]) != want:
+                    raise NotImplementedError(
+                        f"{sp.name} reads a producer of {chans.get(r.p)} channels at stride {strides[r.p]}, unlike "
+                        f"{level} ({want[0]} at stride {want[1]}): this genotype has no C4 box head"
+                    )
+        tail = _CellTail(
+            nn.ModuleDict((n, self.cells[n]) for n in run), self._specs, first, chans[first + len(run) - 1]
+        )
+        for n in run:
+            del self.cells[n]
+        self.__dict__.pop("_plans", None)
+        self.out_features = (level,)
+        return tail
 
     def remap_state_dict(self, state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
         """timm ``nasnetalarge`` / ``pnasnet5large`` key names -> ours (a systematic rule, see ``_TIMM_CELL_RULES``)."""
