@@ -28,6 +28,7 @@ class ZooRow:
     levels: str
     twins: str
     table: str
+    reference_padding: bool = False
 
     @property
     def params_dev(self) -> float:
@@ -42,8 +43,10 @@ def zoo_row(name: str) -> ZooRow:
     from . import create_model
 
     card = model_card(name)
+    # count on the padding the reference figures were counted on (the default pads some stems for exact levels)
+    padding = {"reference_padding": True} if card.macs_reference_padding else {}
     with torch.device("meta"):
-        model = create_model(name, num_classes=card.num_classes)
+        model = create_model(name, num_classes=card.num_classes, **padding)
     params = count_params(model)
     macs = count_macs(model, card.input_size)
     levels = " ".join(f"{f.name}:{f.channels}/{f.stride}" for f in model.feature_info)
@@ -62,6 +65,7 @@ def zoo_row(name: str) -> ZooRow:
         levels,
         twins,
         card.table,
+        card.macs_reference_padding,
     )
 
 
@@ -85,10 +89,14 @@ def markdown_table(rows: list[ZooRow]) -> str:
         dev = f"{100 * r.params_dev:+.2f}% / " + ("–" if r.macs_dev is None else f"{100 * r.macs_dev:+.2f}%")
         paper = " / ".join(s for s in (_fmt_paper(r.paper_params, 1e6, " M"), _fmt_paper(r.paper_macs, 1e9, " G")) if s)
         top1 = "" if r.top1 is None else f"{r.top1:.1f}"
+        mark = "†" if r.reference_padding else ""
         lines.append(
-            f"| `{r.name}` | {r.input_size} | {r.params / 1e6:.3f} | {r.macs / 1e9:.3f} | {ref} | {dev} | {paper} "
+            f"| `{r.name}` | {r.input_size} | {r.params / 1e6:.3f} | {r.macs / 1e9:.3f}{mark}"
+            f" | {ref} | {dev} | {paper} "
             f"| {top1} | {r.levels} | {r.twins} |"
         )
+    if any(r.reference_padding for r in rows):
+        lines.append("\n† counted with `reference_padding=True`, the padding the reference figure was counted on.")
     return "\n".join(lines)
 
 
