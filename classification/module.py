@@ -234,27 +234,17 @@ class ClassificationModule(L.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         dev = self.device
-        index = (
-            torch.cat(self._val["index"]).to(dev)
-            if self._val["index"]
-            else torch.zeros(0, dtype=torch.long, device=dev)
-        )
-        index = self._gather(index)
-        order = torch.argsort(index, stable=True)
-        first = torch.ones_like(index, dtype=torch.bool)
-        sorted_index = index[order]
-        first[1:] = sorted_index[1:] != sorted_index[:-1]  # keep one result per val image (sampler padding repeats)
-        keep = order[first]
+        empty = torch.zeros(0, dtype=torch.long, device=dev)
+        index = self._gather(torch.cat(self._val["index"]).to(dev) if self._val["index"] else empty)
+        keep = first_occurrence(index)  # one result per val image: a distributed sampler pads with repeats
         metrics: dict[str, float] = {}
-        for key in ("top1", "top5", "top1_raw", "top5_raw"):
-            if not self._val[key]:
-                continue
-            hits = self._gather(torch.cat(self._val[key]).to(dev, torch.long))[keep]
+        keys = ["top1", "top5"] + (["top1_raw", "top5_raw"] if self.ema is not None and self.eval_raw else [])
+        for key in keys:  # the same keys on every rank (collectives), even one that saw no batch
+            hits = self._gather(torch.cat(self._val[key]).to(dev, torch.long) if self._val[key] else empty)[keep]
             metrics[key] = 100.0 * hits.float().mean().item() if len(hits) else 0.0
         metrics["images"] = float(len(keep))
         for key, v in metrics.items():
             self.log(f"val/{key}", v, prog_bar=key == "top1", rank_zero_only=False, sync_dist=False)
-        self.last_metrics = metrics
 
     # ---- checkpoints -----------------------------------------------------------------------------------------------
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -270,6 +260,15 @@ class ClassificationModule(L.LightningModule):
             for k in [k for k in keys if k.startswith("model.")]:
                 keys["ema.module." + k.removeprefix("model.")] = keys[k]
             keys["ema.num_updates"] = torch.zeros((), dtype=torch.long)
+
+
+def first_occurrence(index: Tensor) -> Tensor:
+    """Positions of the first occurrence of each distinct value of ``index`` (1-D), in increasing value order."""
+    order = torch.argsort(index, stable=True)
+    sorted_index = index[order]
+    first = torch.ones_like(sorted_index, dtype=torch.bool)
+    first[1:] = sorted_index[1:] != sorted_index[:-1]
+    return order[first]
 
 
 class ClassificationDataModule(L.LightningDataModule):
@@ -348,6 +347,9 @@ def run(cfg: Any, output_dir: str | os.PathLike, **trainer_overrides: Any) -> di
     if c.get("pretrained"):
         options["pretrained"] = c["pretrained"]
     card = backbones.model_card(name)
+    threads = c.get("cpu_threads")
+    if threads and trainer_cfg.get("accelerator") == "cpu":
+        torch.set_num_threads(int(threads))
     L.seed_everything(int(c.get("seed", 0)), workers=True, verbose=False)
 
     dm = ClassificationDataModule(dataset_cfg, card, cutout=int(recipe.get("cutout") or 0))
@@ -381,9 +383,9 @@ def run(cfg: Any, output_dir: str | os.PathLike, **trainer_overrides: Any) -> di
         if ckpt_path:
             logger.info("resuming from %s", ckpt_path)
         trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
-        if not getattr(module, "last_metrics", None) or trainer.limit_val_batches == 0:
+        if "val/top1" not in trainer.callback_metrics:  # no validation after the last epoch (or nothing left to train)
             trainer.validate(module, datamodule=dm, verbose=False)
-    metrics = dict(getattr(module, "last_metrics", {}))
+    metrics = {k.removeprefix("val/"): float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
     metrics["epochs_done"] = float(trainer.current_epoch)
     metrics["global_step"] = float(trainer.global_step)
     if trainer.is_global_zero:
