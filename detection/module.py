@@ -177,18 +177,28 @@ def build_trainer(
         loggers.append(CSVLogger(save_dir=str(out), name="csv"))
 
     every_steps = ckpt_cfg.get("every_n_train_steps")
-    checkpoint = ModelCheckpoint(
+    # last.ckpt (the resume point and the "last good" state) at every epoch end or every N steps, whatever the
+    # metrics; a second callback keeps the best checkpoints by `monitor` after each evaluation
+    latest = ModelCheckpoint(
         dirpath=str(out / "checkpoints"),
-        filename="step{step:07d}" if monitor is None else "best",
-        auto_insert_metric_name=False,
-        monitor=monitor,
-        mode=mode,
         save_last=ckpt_cfg.get("save_last", True),
-        save_top_k=ckpt_cfg.get("save_top_k", 1),
+        save_top_k=0,
         every_n_epochs=None if every_steps else ckpt_cfg.get("every_n_epochs", 1),
         every_n_train_steps=every_steps,
     )
-    cbs: list[Callback] = [checkpoint, *callbacks]
+    cbs: list[Callback] = [latest]
+    if monitor is not None and ckpt_cfg.get("save_top_k", 1) != 0:
+        cbs.append(
+            ModelCheckpoint(
+                dirpath=str(out / "checkpoints"),
+                filename="best-step{step:07d}",
+                auto_insert_metric_name=False,
+                monitor=monitor,
+                mode=mode,
+                save_top_k=ckpt_cfg.get("save_top_k", 1),
+            )
+        )
+    cbs += list(callbacks)
     if loggers:
         cbs.append(LearningRateMonitor(logging_interval="step"))
     progress = bool(cfg.get("progress_bar", True))
@@ -403,6 +413,9 @@ class DetectionModule(L.LightningModule):
         from .evaluation import evaluate_results, write_json_atomic
 
         results, image_ids = self.evaluator.gather()
+        if not image_ids:
+            logger.warning("validation saw no images (trainer.limit_val_batches=0?); nothing to evaluate")
+            return
         stats = None
         if self.trainer.is_global_zero and not self.trainer.sanity_checking:
             stats = evaluate_results(self.evaluator.ann_file, results, image_ids, self.eval_backend)
@@ -416,7 +429,7 @@ class DetectionModule(L.LightningModule):
         if stats is not None:
             self.last_metrics = stats
             self.last_eval_step = self.global_step
-            self.log_dict({f"val/{k}": v for k, v in stats.items()}, prog_bar=False)
+            self.log_dict({f"val/{k}": v for k, v in stats.items() if k != "AP50"})
             self.log("val/AP50", stats["AP50"], prog_bar=True)
 
     # -- optimisation --
@@ -521,6 +534,9 @@ def run(cfg: Mapping[str, Any], output_dir: str | os.PathLike) -> dict[str, floa
     else:
         ckpt = resolve_resume(cfg.get("resume"), output_dir)
         trainer.fit(model, datamodule=dm, ckpt_path=ckpt, weights_only=True)
-        if model.last_eval_step != trainer.global_step:  # stopped by max_steps between evaluations
+        if trainer.checkpoint_callback is not None:  # last.ckpt = the final state, also when max_steps cut an epoch
+            trainer.save_checkpoint(os.path.join(trainer.checkpoint_callback.dirpath, "last.ckpt"))
+        limit = cfg["trainer"].get("limit_val_batches")
+        if model.last_eval_step != trainer.global_step and limit != 0:  # stopped by max_steps between evaluations
             trainer.validate(model, datamodule=dm)
     return model.last_metrics

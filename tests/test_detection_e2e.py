@@ -1,0 +1,162 @@
+"""End to end: tools/train_net.py (Hydra -> library -> Lightning) on a tiny shapes set; resume, eval-only, NaN stop.
+
+The unmarked tests train a few steps at 64 px; the slow ones run the default configuration, DDP on two CPU
+processes, and nasnet_a_large.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+import backbones
+from detection.evaluation import STAT_NAMES
+from detection.module import NonFiniteLossError, run
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_BACKBONE = "mobilenet_v1_x0_25"
+
+
+def tiny(tmp_path: Path, steps: int = 3) -> list[str]:
+    """Overrides for a run of a few seconds: 16 train / 8 val images at 64 px."""
+    return [
+        f"backbone={TINY_BACKBONE}",
+        f"dataset.root={tmp_path / 'cache'}",
+        "dataset.generate.num_train=16",
+        "dataset.generate.num_val=8",
+        "dataset.min_size=64",
+        "dataset.max_size=64",
+        "dataset.batch_size=4",
+        "dataset.eval_batch_size=8",
+        "dataset.workers=0",
+        f"trainer.max_steps={steps}",
+        "trainer.log_every_n_steps=1",
+        "solver.warmup_iters=1",
+    ]
+
+
+def compose_cfg(overrides: list[str]):
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        return compose("detect", overrides)
+
+
+def test_train_net_train_resume_eval(tmp_path):
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, str(ROOT / "tools" / "train_net.py"), *tiny(tmp_path), f"hydra.run.dir={run_dir}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "it/s" in proc.stderr + proc.stdout  # the progress bar
+    # one run dir with everything in it
+    assert (run_dir / ".hydra" / "config.yaml").is_file()
+    assert list((run_dir / "tensorboard").glob("version_*/events.out.tfevents.*"))
+    assert list((run_dir / "csv").glob("version_*/metrics.csv"))
+    metrics = json.loads((run_dir / "eval" / "metrics.json").read_text())
+    assert metrics["step"] == 3 and metrics["images"] == 8
+    assert set(STAT_NAMES) <= set(metrics)
+    assert list((run_dir / "eval").glob("coco_results_step*.json"))
+    last = run_dir / "checkpoints" / "last.ckpt"
+    ckpt = torch.load(last, map_location="cpu", weights_only=True)
+    assert ckpt["global_step"] == 3
+    assert not list(run_dir.rglob("*.tmp*")), "a temporary file was left behind"
+
+    # resume: continues from step 3 in the same run dir
+    cfg = compose_cfg([*tiny(tmp_path, steps=5), "resume=true", "trainer.progress_bar=false"])
+    run(cfg, run_dir)
+    assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == 5
+
+    # eval only, from the checkpoint
+    cfg = compose_cfg([*tiny(tmp_path), "eval_only=true", f"checkpoint={last}", "trainer.progress_bar=false"])
+    stats = run(cfg, tmp_path / "eval_run")
+    assert list(stats) == list(STAT_NAMES)
+    assert json.loads((tmp_path / "eval_run" / "eval" / "metrics.json").read_text())["images"] == 8
+
+
+def test_non_finite_loss_stops_with_step_and_keeps_checkpoint(tmp_path, monkeypatch):
+    import detection.models
+
+    build = detection.models.build_detector
+
+    def nan_after_two_steps(*args, **kwargs):
+        model = build(*args, **kwargs)
+        forward, calls = model.forward, []
+
+        def patched(images, targets=None):
+            out = forward(images, targets)
+            if model.training:
+                calls.append(1)
+                if len(calls) >= 3:
+                    out = {k: v * float("nan") for k, v in out.items()}
+            return out
+
+        model.forward = patched
+        return model
+
+    monkeypatch.setattr(detection.models, "build_detector", nan_after_two_steps)
+    cfg = compose_cfg(
+        [*tiny(tmp_path, steps=6), "trainer.checkpoint.every_n_train_steps=1", "trainer.progress_bar=false"]
+    )
+    with pytest.raises(NonFiniteLossError, match=r"non-finite loss at step 2 .*last good checkpoint: .*last\.ckpt"):
+        run(cfg, tmp_path / "run")
+    ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["global_step"] == 2
+    assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values() if v.is_floating_point())
+
+
+def test_resume_without_checkpoint_names_the_path(tmp_path):
+    cfg = compose_cfg([*tiny(tmp_path), "resume=true"])
+    with pytest.raises(FileNotFoundError, match="checkpoints/last.ckpt"):
+        run(cfg, tmp_path / "fresh")
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_one_run_dir(tmp_path):
+    """trainer.devices=2 on CPU (gloo): one run dir, rank-0 files only, each val image evaluated exactly once."""
+    run_dir = tmp_path / "run"
+    cmd = [
+        sys.executable, str(ROOT / "tools" / "train_net.py"), *tiny(tmp_path), "dataset.generate.num_val=7",
+        "trainer.devices=2", "trainer.strategy=ddp", f"hydra.run.dir={run_dir}", "trainer.progress_bar=false",
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((run_dir / "eval" / "metrics.json").read_text())["images"] == 7
+    assert len(list(run_dir.glob("*/.hydra"))) == 0 and (run_dir / ".hydra").is_dir()
+    assert len(list((run_dir / "csv").glob("version_*"))) == 1
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+
+
+@pytest.mark.slow
+def test_default_run_reaches_ap50(tmp_path):
+    """`python tools/train_net.py` with no overrides (the README's first command): AP50 >= 0.5 on shapes val."""
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, str(ROOT / "tools" / "train_net.py"), f"hydra.run.dir={run_dir}"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=3600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((run_dir / "eval" / "metrics.json").read_text())
+    assert metrics["AP50"] >= 0.5, metrics
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["nasnet_a_large"])
+def test_large_backbone_starts_and_loss_falls(name, tmp_path):
+    """`backbone=nasnet_a_large detector=faster_rcnn` runs on CPU at a small image size and its loss falls."""
+    if name not in backbones.list_models():
+        pytest.skip(f"{name} is not registered")
+    overrides = [*tiny(tmp_path, steps=8), f"backbone={name}", "detector=faster_rcnn", "dataset.batch_size=2",
+                 "solver.lr=0.01", "trainer.limit_val_batches=0"]  # fmt: skip
+    cfg = compose_cfg([*overrides, "trainer.progress_bar=false"])
+    run(cfg, tmp_path / "run")
+    import csv
+
+    rows = list(csv.DictReader(open(next((tmp_path / "run" / "csv").glob("version_*/metrics.csv")))))
+    losses = [float(r["train/loss"]) for r in rows if r.get("train/loss")]
+    assert len(losses) >= 6
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3, losses
