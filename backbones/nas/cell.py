@@ -56,11 +56,8 @@ def preprocess(j: int, c_in: int, factor: int, raw: bool, channels: int, ctx: Op
     ``factor`` is the input's resolution relative to input 0 (2 = twice as large); ``raw`` marks an older input
     that stands in for a missing one (TF-slim ``prev_layer is None``: the raw current input, used as is).
     """
-    if factor not in (1, 2):
-        raise ValueError(
-            f"cell input {j} is {factor}x the resolution of input 0; only 1x (same) or 2x (one factorized "
-            f"reduction) is defined by the reference codes. Space reduction cells further apart."
-        )
+    if factor < 1 or factor & (factor - 1):
+        raise ValueError(f"cell input {j} is {factor}x the resolution of input 0; expected a power of two")
     if raw:
         return _flags(Identity(), relu_input=False), c_in
     if j == 0 and ctx.conventions.h0 == "project":
@@ -70,9 +67,29 @@ def preprocess(j: int, c_in: int, factor: int, raw: bool, channels: int, ctx: Op
     if factor == 2:
         fr = FactorizedReduce(c_in, channels, relu=False, eps=ctx.eps, momentum=ctx.momentum)
         return _flags(fr, relu_input=True), channels
+    if factor > 2:
+        # Inputs two or more reductions back (cells with more than 2 inputs, e.g. NASNet-B right after the ImageNet
+        # stem cells): one factorized reduction per halving, chained; no reference code defines this case.
+        steps = factor.bit_length() - 1
+        frs = [FactorizedReduce(c_in if i == 0 else channels, channels, eps=ctx.eps, momentum=ctx.momentum)
+               for i in range(steps)]  # fmt: skip
+        return _flags(nn.Sequential(*frs), relu_input=True), channels
     if c_in != channels:
         return _flags(ReluConvBn(c_in, channels, 1, 1, ctx), relu_input=True), channels
     return _flags(Identity(), relu_input=False), c_in
+
+
+def live_states(g: CellGenotype, used_outputs: tuple[int, ...] | None = None) -> set[int]:
+    """States the cell's output depends on: all concatenated ones, or the emitted states some later layer reads
+    (``used_outputs`` indexes ``g.outputs``; None = all), and everything the blocks creating them read."""
+    if g.concat:
+        live = set(g.concat)
+    else:
+        live = {g.outputs[k] for k in (range(len(g.outputs)) if used_outputs is None else used_outputs)}
+    for b in reversed(range(len(g.blocks))):
+        if g.num_inputs + b in live:
+            live |= {g.blocks[b].left, g.blocks[b].right}
+    return live
 
 
 class Combine(nn.Module):
@@ -107,6 +124,8 @@ class Cell(nn.Module):
         stride: 2 in a reduction cell (ops reading the cell's inputs stride), else 1.
         ctx: shared op settings.
         drop_prob: ScheduledDropPath probability of this cell at the end of training (already depth-scaled).
+        used_outputs: for cells emitting several states, the outputs some later layer reads; blocks only the others
+            depend on are not built (the last cells of a NASNet-B network emit states for layers that do not exist).
 
     ``forward(raw, act)`` takes each input as it is (``raw[j]``) and after ReLU (``act[j]``); the caller fills those
     :attr:`input_raw` / :attr:`input_act` ask for (the others may be None), so a ReLU shared with other consumers of
@@ -123,35 +142,43 @@ class Cell(nn.Module):
         stride: int,
         ctx: OpContext,
         drop_prob: float = 0.0,
+        used_outputs: tuple[int, ...] | None = None,
     ) -> None:
         super().__init__()
         g = genotype
+        live = live_states(g, used_outputs)
+        self._live = [g.num_inputs + b in live for b in range(len(g.blocks))]
+        self._emitted = set(g.concat) if g.concat else {s for s in g.outputs if s in live}
         if len(in_channels) != g.num_inputs:
             raise ValueError(f"cell {g.name!r} takes {g.num_inputs} inputs, got channels for {len(in_channels)}")
         self.genotype = g
         self.stride = stride
         pre, chans = [], []
         for j in range(g.num_inputs):
-            module, c = preprocess(j, in_channels[j], in_factors[j], in_raw[j], channels, ctx)
+            if j not in live:
+                module, c = _flags(Identity(), relu_input=False), in_channels[j]
+            else:
+                module, c = preprocess(j, in_channels[j], in_factors[j], in_raw[j], channels, ctx)
             pre.append(module)
             chans.append(c)
         self.pre = nn.ModuleList(pre)
 
         ops, combines = [], []
-        for blk in g.blocks:
+        for b, blk in enumerate(g.blocks):
             for idx, name in ((blk.left, blk.left_op), (blk.right, blk.right_op)):
                 s = stride if idx < g.num_inputs else 1
-                ops.append(build_op(name, chans[idx], channels, s, ctx))
-            combines.append(Combine(blk.combine, channels))
+                ops.append(build_op(name, chans[idx], channels, s, ctx) if self._live[b] else Identity())
+            combines.append(Combine(blk.combine if self._live[b] else "add", channels))
             chans.append(2 * channels if blk.combine == "concat" else channels)
         self.ops = nn.ModuleList(ops)
         self.combines = nn.ModuleList(combines)
         self.drop_path = DropPath(drop_prob, scheduled=True)
 
         # states read after ReLU / as they are, by ops; the concat / outputs read them as they are
-        inputs = [i for blk in g.blocks for i in (blk.left, blk.right)]
-        self._act_states = {i for i, op in zip(inputs, ops) if op.relu_input}
-        self._raw_states = {i for i, op in zip(inputs, ops) if not op.relu_input} | set(g.concat or g.outputs)
+        inputs = [(i, b) for b, blk in enumerate(g.blocks) for i in (blk.left, blk.right)]
+        self._act_states = {i for (i, b), op in zip(inputs, ops) if self._live[b] and op.relu_input}
+        self._raw_states = {i for (i, b), op in zip(inputs, ops) if self._live[b] and not op.relu_input}
+        self._raw_states |= self._emitted
         #: per input, whether ``forward`` reads it as is / after ReLU (an input passed through unchanged is read the
         #: way its consumers read it, so a ReLU the caller already has is not recomputed)
         self.input_raw = [isinstance(m, Identity) and j in self._raw_states for j, m in enumerate(pre)]
@@ -160,7 +187,7 @@ class Cell(nn.Module):
         # shape adaptation of concatenated / emitted states (only inputs can differ: spatially in a reduction cell)
         last = g.num_states - 1
         adapt = {}
-        for s in g.concat or g.outputs:
+        for s in [s for s in g.concat or g.outputs if s in self._emitted]:
             if s < g.num_inputs and stride > 1:
                 target = chans[last] if g.concat else chans[s]
                 adapt[str(s)] = FactorizedReduce(chans[s], target, relu=False, eps=ctx.eps, momentum=ctx.momentum)
@@ -205,6 +232,10 @@ class Cell(nn.Module):
         buf: Tensor | None = None
         slots = {s: k for k, s in enumerate(g.concat)} if direct else {}
         for b, blk in enumerate(g.blocks):
+            if not self._live[b]:
+                states_raw.append(None)
+                states_act.append(None)
+                continue
             left, right = self.ops[2 * b], self.ops[2 * b + 1]
             lx = left(states_act[blk.left] if left.relu_input else states_raw[blk.left])
             rx = right(states_act[blk.right] if right.relu_input else states_raw[blk.right])
@@ -224,8 +255,11 @@ class Cell(nn.Module):
             states_raw.append(r)
             states_act.append(a)
 
-        picked = []
+        picked: list[Tensor | None] = []
         for s in g.concat or g.outputs:
+            if s not in self._emitted:
+                picked.append(None)
+                continue
             x = states_raw[s]
             if str(s) in self.adapt:
                 x = self.adapt[str(s)](x)

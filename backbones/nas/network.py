@@ -38,7 +38,7 @@ from torch import Tensor, nn
 
 from ..base import Backbone
 from ..registry import CIFAR_MEAN, CIFAR_STD, INCEPTION_MEAN, INCEPTION_STD, ModelCard, register_model
-from .cell import Cell
+from .cell import Cell, live_states
 from .genotypes import CONVENTIONS, CellGenotype, Genotype, get_genotype
 from .macro import ENASMacro
 from .ops import OpContext
@@ -188,6 +188,14 @@ class NASNet(Backbone):
                 f"cell's output width {width}F); nearest valid: {lo} or {lo + 4 * width}"
             )
         f0 = penultimate_filters // (4 * width)
+        even = 4 if stem == "imagenet" else 2  # factorized reductions split F0 (and the F0 / 2 of stem cell 1) in two
+        if f0 % even:
+            step = 4 * width * even
+            lo = penultimate_filters // step * step
+            raise ValueError(
+                f"penultimate_filters={penultimate_filters} gives F0={f0}, but factorized reductions need F0 to be a "
+                f"multiple of {even} with the {stem} stem; nearest valid: {lo or step} or {lo + step}"
+            )
         conv = CONVENTIONS[g.conventions]
         self.genotype = g
         self.reference_padding = reference_padding
@@ -226,6 +234,16 @@ class NASNet(Backbone):
         self._specs = specs
 
         # ---- build the cells, tracking each producer's channels and stride ----------------------------------------
+        # outputs some later layer reads, from the last cell backwards (output 0 always: next cell, level, head);
+        # only matters for cells emitting several states (NASNet-B), whose last ones feed layers that do not exist
+        n_out = len(g.normal.outputs) or 1
+        used: dict[int, set[int]] = {i: {0} for i in range(len(specs) + 1)}
+        for idx in range(len(specs), 0, -1):
+            sp = specs[idx - 1]
+            live = live_states(g.reduce if sp.reduction else g.normal, tuple(sorted(used[idx])))
+            for j, r in enumerate(sp.inputs):
+                if j in live:
+                    used[r.p].add(0 if r.raw or r.p == 0 else min(r.k, n_out - 1))
         chans: dict[int, list[int]] = {0: [stem_c]}
         strides: dict[int, int] = {0: stride0}
         cells = OrderedDict()
@@ -241,6 +259,7 @@ class NASNet(Backbone):
                 stride=2 if sp.reduction else 1,
                 ctx=ctx,
                 drop_prob=drop_path_rate * idx / total,
+                used_outputs=tuple(sorted(used[idx])),
             )
             cells[sp.name] = cell
             chans[idx] = cell.out_channels if isinstance(cell.out_channels, list) else [cell.out_channels]
@@ -328,7 +347,8 @@ class NASNet(Backbone):
                     raw.add((r.p, k))
                 if cell.input_act[j]:
                     act.add((r.p, k))
-                last_use[(r.p, k)] = idx
+                if cell.input_raw[j] or cell.input_act[j]:
+                    last_use[(r.p, k)] = idx
         for idx in ([self._final] if final else []) + ([self._aux_at] if aux else []):
             act.add((idx, 0))
             last_use[(idx, 0)] = max(last_use.get((idx, 0), 0), idx)
@@ -357,8 +377,10 @@ class NASNet(Backbone):
             sp = self._specs[idx - 1]
             cell = self.cells[sp.name]
             raw_in, act_in = [], []
-            for r in sp.inputs:
-                v = vals[(r.p, min(r.k, self._num_outputs(r.p) - 1))]
+            for j, r in enumerate(sp.inputs):
+                v = (None, None)
+                if cell.input_raw[j] or cell.input_act[j]:
+                    v = vals[(r.p, min(r.k, self._num_outputs(r.p) - 1))]
                 raw_in.append(v[0])
                 act_in.append(v[1])
             y = cell(raw_in, act_in)
@@ -375,6 +397,8 @@ class NASNet(Backbone):
     @staticmethod
     def _store(vals: dict, plan: dict, p: int, ys: list[Tensor], fresh: bool) -> None:
         for k, y in enumerate(ys):
+            if y is None:
+                continue
             want_raw, want_act = (p, k) in plan["raw"], (p, k) in plan["act"]
             if want_act and not want_raw and fresh:
                 vals[(p, k)] = (None, F.relu(y, inplace=True))
