@@ -108,15 +108,16 @@ class Fire(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         s = F.relu(self.squeeze(x), inplace=True)
-        # ReLU of the concatenation = concatenation of the ReLUs; one in-place pass over the output
-        out = torch.cat([self.expand1x1(s), self.expand3x3(s)], 1).relu_()
+        # ReLU on each branch before the concatenation: in backward the ReLU then hands each conv a contiguous
+        # gradient (a ReLU after the concatenation would leave channel slices the convs must copy)
+        out = torch.cat([F.relu(self.expand1x1(s), inplace=True), F.relu(self.expand3x3(s), inplace=True)], 1)
         if self.se is not None:
             out = self.se(out)
         if self.identity or self.bypass is not None:
             if self.drop_path is not None:
                 out = self.drop_path(out)
-            # not in place: the ReLU's backward needs its output
-            out = out + (x if self.bypass is None else self.bypass(x))
+            # in place: neither the concatenation's, SE's nor DropPath's backward needs its output
+            out += x if self.bypass is None else self.bypass(x)
         return out
 
 
