@@ -1,0 +1,137 @@
+"""Hydra configs of the detection entry point (compose API): groups, generated backbone files, bad choices."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import yaml
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+import backbones
+from backbones.zoo import backbone_conf
+from detection.models import DETECTORS, resolve_config
+from detection.module import (
+    BACKBONE_KEYS,
+    CHECKPOINT_KEYS,
+    DATASET_KEYS,
+    MODULE_KEYS,
+    SOLVER_KEYS,
+    TRAINER_ARGS,
+    build_trainer,
+    check_task,
+    lr_lambda_for,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+
+
+def compose_cfg(overrides=()):
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        return compose("detect", list(overrides))
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+def test_default_config():
+    cfg = compose_cfg()
+    assert cfg.task == "detection" and cfg.dataset.name == "shapes" and cfg.detector.name == "faster_rcnn"
+    card = backbones.model_card(cfg.backbone.name)
+    assert card.detection_ready
+    assert cfg.trainer.max_epochs == cfg.solver.epochs
+    # conf/tuning/shapes_faster_rcnn.yaml is merged into the detector
+    tuning = yaml.safe_load((CONF / "tuning" / "shapes_faster_rcnn.yaml").read_text())
+    assert {k: cfg.detector[k] for k in tuning} == tuning
+    assert resolve_config(OmegaConf.to_container(cfg.detector, resolve=True))["levels"] == tuning["levels"]
+
+
+@pytest.mark.parametrize("dataset", ["shapes", "coco"])
+@pytest.mark.parametrize("detector", sorted(DETECTORS))
+def test_every_detector_config_is_valid(detector, dataset):
+    cfg = compose_cfg([f"detector={detector}", f"dataset={dataset}"])
+    det = OmegaConf.to_container(cfg.detector, resolve=True)
+    resolved = resolve_config(det)  # raises on an unknown key
+    assert resolved["name"] == detector
+    if "min_size" in resolved:
+        assert resolved["min_size"] == cfg.dataset.min_size
+    assert set(cfg.dataset) <= set(DATASET_KEYS) and cfg.dataset.task == "detection"
+    assert set(cfg.solver) <= set(SOLVER_KEYS) and set(cfg.backbone) <= set(BACKBONE_KEYS)
+
+
+def test_detector_files_hold_every_option():
+    assert options("detector") == sorted(DETECTORS)
+    for name, defaults in DETECTORS.items():
+        raw = yaml.safe_load((CONF / "detector" / f"{name}.yaml").read_text())
+        assert set(raw) - {"name"} == set(defaults), name
+
+
+@pytest.mark.parametrize("trainer", options("trainer"))
+def test_trainer_configs_are_valid(trainer):
+    cfg = compose_cfg([f"trainer={trainer}"])
+    keys = set(cfg.trainer)
+    assert keys <= set(TRAINER_ARGS) | set(MODULE_KEYS), keys - set(TRAINER_ARGS) - set(MODULE_KEYS)
+    assert set(cfg.trainer.checkpoint) <= set(CHECKPOINT_KEYS)
+
+
+def test_cpu_trainer_builds(tmp_path):
+    cfg = compose_cfg()
+    trainer = build_trainer(cfg.trainer, tmp_path, monitor="val/AP")
+    assert trainer.max_epochs == cfg.solver.epochs
+    assert [type(lg).__name__ for lg in trainer.loggers] == ["TensorBoardLogger", "CSVLogger"]
+    with pytest.raises(ValueError, match="unknown key trainer.devics.*did you mean devices"):
+        build_trainer({**OmegaConf.to_container(cfg.trainer), "devics": 2}, tmp_path)
+
+
+def test_backbone_files_match_the_registry_exactly():
+    """conf/backbone/*.yaml is what `python tools/model_zoo.py --write-conf` writes from the registry now."""
+    names = backbones.list_models()
+    assert options("backbone") == names, "run `python tools/model_zoo.py --write-conf`"
+    for name in names:
+        assert (CONF / "backbone" / f"{name}.yaml").read_text() == backbone_conf(name), name
+
+
+def test_unknown_group_choice_lists_the_valid_ones():
+    for group, bad, valid in (("backbone", "resnet5", "resnet50"), ("detector", "rcnn", "faster_rcnn_c4"),
+                              ("dataset", "cocoa", "shapes")):  # fmt: skip
+        with pytest.raises(Exception, match=rf"(?s)Could not find '{group}/{bad}'.*{valid}"):
+            compose_cfg([f"{group}={bad}"])
+
+
+def test_classification_dataset_is_refused():
+    with pytest.raises(ValueError, match="dataset='digits' is a classification dataset; a detection run needs"):
+        check_task({"dataset": {"name": "digits", "task": "classification"}})
+    for name in options("dataset"):
+        task = yaml.safe_load((CONF / "dataset" / f"{name}.yaml").read_text()).get("task")
+        if task != "detection":
+            with pytest.raises(ValueError, match=f"dataset='{name}'"):
+                check_task(OmegaConf.to_container(compose_cfg([f"dataset={name}"]), resolve=False))
+
+
+def test_non_detection_ready_backbone_is_refused():
+    from detection.module import DetectionModule
+
+    cifar = backbones.list_models(detection_ready=False)
+    if not cifar:
+        pytest.skip("no CIFAR model registered")
+    cfg = OmegaConf.to_container(compose_cfg([f"backbone={cifar[0]}"]), resolve=True)
+    with pytest.raises(ValueError, match="not detection-ready"):
+        DetectionModule(cfg, num_classes=4)
+
+
+def test_lr_schedule():
+    f = lr_lambda_for({"warmup_iters": 10, "warmup_factor": 0.1, "schedule": "cosine", "min_lr_factor": 0.0}, 100)
+    assert f(0) == pytest.approx(0.1) and f(5) == pytest.approx(0.55 * 0.5 * (1 + math.cos(math.pi * 0.05)))
+    assert f(50) == pytest.approx(0.5) and f(100) == pytest.approx(0.0, abs=1e-9)
+    g = lr_lambda_for({"schedule": "multistep", "milestones": [0.5, 0.75], "gamma": 0.1}, 100)
+    assert (g(49), g(50), g(80)) == (1.0, pytest.approx(0.1), pytest.approx(0.01))
+    with pytest.raises(ValueError, match="schedule='step'.*cosine, multistep or constant"):
+        lr_lambda_for({"schedule": "step"}, 10)
+
+
+def test_train_net_is_thin():
+    assert len((ROOT / "tools" / "train_net.py").read_text().splitlines()) < 150
