@@ -324,3 +324,26 @@ def test_gather_across_two_ranks(shapes, tmp_path):
     expected = sorted(img["id"] for img in json.loads(ann.read_text())["images"])
     for rank in range(2):
         assert json.loads((tmp_path / f"ids.{rank}").read_text()) == expected
+
+
+def test_visualize_draws_ground_truth_and_predictions(shapes, tmp_path):
+    import subprocess
+    import sys
+
+    from detection.visualize import GT_COLOUR, draw_dataset
+
+    ann = shapes / "annotations" / "instances_val.json"
+    data = json.loads(ann.read_text())
+    a = data["annotations"][0]
+    img = next(i for i in data["images"] if i["id"] == a["image_id"])
+    (path,) = [p for p in draw_dataset(ann, shapes / "val", tmp_path / "gt", limit=0) if p.stem in img["file_name"]]
+    x, y = int(a["bbox"][0]), int(a["bbox"][1] + a["bbox"][3] / 2)
+    assert Image.open(path).getpixel((x, y)) == GT_COLOUR  # the box's left edge
+    results = tmp_path / "results.json"
+    results.write_text(json.dumps([{"image_id": a["image_id"], "category_id": 1, "bbox": a["bbox"], "score": 0.9}]))
+    script = Path(__file__).resolve().parents[1] / "tools" / "visualize.py"
+    cmd = [sys.executable, str(script), "--ann", str(ann), "--images", str(shapes / "val"), "--results", str(results),
+           "--out", str(tmp_path / "pred"), "--limit", "0"]  # fmt: skip
+    subprocess.run(cmd, check=True, capture_output=True)
+    drawn = Image.open(tmp_path / "pred" / path.name).getpixel((x, y))
+    assert drawn != GT_COLOUR and drawn != Image.open(shapes / "val" / img["file_name"]).convert("RGB").getpixel((x, y))
