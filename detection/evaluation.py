@@ -150,7 +150,7 @@ def evaluate_results(
         ev.evaluate()
         ev.accumulate()
         ev.summarize()
-    summary = buf.getvalue().strip()
+    summary = "\n".join(line for line in buf.getvalue().splitlines() if "Average" in line)
     if summary:
         logger.info("COCO box evaluation (%s, %d images):\n%s", backend, len(ids), summary)
     stats = np.asarray(ev.stats, dtype=np.float64)[: len(STAT_NAMES)]  # faster_coco_eval appends AR50, AR75

@@ -512,10 +512,24 @@ def resolve_resume(resume: Any, output_dir: str) -> str | None:
     return os.fspath(path)
 
 
+def use_root_logging() -> None:
+    """Route Lightning's log records through the root logger only (Hydra's handlers): Lightning adds console
+    handlers of its own when imported before logging is configured, and every line would print twice."""
+    if logging.getLogger().handlers:
+        for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+            lg = logging.getLogger(name)
+            for h in list(lg.handlers):
+                lg.removeHandler(h)
+            lg.propagate = True
+
+
 def run(cfg: Mapping[str, Any], output_dir: str | os.PathLike) -> dict[str, float]:
     """Train (or with ``eval_only`` evaluate) a detector as the config says; returns the last COCO stats."""
     cfg = _plain(cfg)
+    use_root_logging()
     check_task(cfg)
+    if cfg["solver"].get("name") == "shapes" and cfg["dataset"].get("name") != "shapes":
+        logger.warning("solver=shapes is the short CPU recipe of the synthetic set; for real data use solver=coco_1x")
     output_dir = os.fspath(output_dir)
     L.seed_everything(int(cfg.get("seed", 0)), workers=True)
     from .models import load_detector_weights

@@ -1,0 +1,84 @@
+"""Throughput measurements for the detection pipeline (``tools/bench_detection.py``; not tests).
+
+* loader vs model: images/s the training data loader delivers (decode, resize, flip, collate, workers) against
+  images/s of a full training step (forward, backward, SGD step) of the configured detector;
+* R50-FPN inference: our ``faster_rcnn`` + ``resnet50`` against torchvision's ``fasterrcnn_resnet50_fpn`` with the
+  same weights, timed interleaved (ours, theirs, ours, ...) so machine load hits both alike.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+
+def loader_images_per_second(cfg: Mapping[str, Any], batches: int = 30) -> float:
+    """Images/s out of the training DataLoader of ``cfg["dataset"]`` (after a warm-up batch)."""
+    from .module import DetectionDataModule
+
+    dm = DetectionDataModule(cfg["dataset"], seed=0)
+    dm.prepare_data()
+    dm.setup("fit")
+    it = iter(dm.train_dataloader())
+    next(it)
+    n, start = 0, time.perf_counter()
+    for _ in range(batches):
+        images, _, _ = next(it)
+        n += len(images)
+    return n / (time.perf_counter() - start)
+
+
+def train_step_images_per_second(cfg: Mapping[str, Any], steps: int = 10) -> float:
+    """Images/s of forward + backward + SGD step on real training batches of ``cfg`` (after a warm-up step)."""
+    from .module import DetectionDataModule, DetectionModule
+
+    dm = DetectionDataModule({**cfg["dataset"], "workers": 0}, seed=0)
+    dm.prepare_data()
+    dm.setup("fit")
+    model = DetectionModule(cfg, dm.num_classes).model.train()
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-3, momentum=0.9)
+    batches = []
+    for i, batch in enumerate(dm.train_dataloader()):
+        batches.append(batch)
+        if i == steps:
+            break
+    n, elapsed = 0, 0.0
+    for k, (images, targets, _) in enumerate(batches):
+        start = time.perf_counter()
+        losses = model(images, [{"boxes": t["boxes"], "labels": t["labels"]} for t in targets])
+        opt.zero_grad()
+        sum(losses.values()).backward()
+        opt.step()
+        if k:  # the first step warms up
+            elapsed += time.perf_counter() - start
+            n += len(images)
+    return n / elapsed
+
+
+@torch.no_grad()
+def r50_fpn_inference_ratio(side: int = 800, repeats: int = 5) -> dict[str, float]:
+    """Median seconds per image of ours and torchvision's R50-FPN (same random weights, FrozenBN) and their ratio."""
+    from torchvision.models import resnet50
+    from torchvision.models.detection import FasterRCNN
+    from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
+    from torchvision.ops.misc import FrozenBatchNorm2d
+
+    from .models import build_detector, convert_torchvision_state_dict
+
+    tv = FasterRCNN(_resnet_fpn_extractor(resnet50(norm_layer=FrozenBatchNorm2d), 3), num_classes=91).eval()
+    ours = build_detector("resnet50", {"name": "faster_rcnn"}, 90, norm="frozen_bn").eval()
+    ours.load_state_dict(convert_torchvision_state_dict(ours, tv.state_dict()))
+    image = [torch.rand(3, side, side * 4 // 3, generator=torch.Generator().manual_seed(0))]
+    ours(image), tv(image)  # warm-up
+    t_ours, t_tv = [], []
+    for _ in range(repeats):
+        for model, times in ((ours, t_ours), (tv, t_tv)):
+            start = time.perf_counter()
+            model(image)
+            times.append(time.perf_counter() - start)
+    a, b = statistics.median(t_ours), statistics.median(t_tv)
+    return {"ours_s": a, "torchvision_s": b, "ratio": a / b}

@@ -1,0 +1,50 @@
+"""Detection throughput (not a test): loader vs training step for a config, and R50-FPN inference ours/torchvision.
+
+python tools/bench_detection.py                          # the default run's loader and training step
+python tools/bench_detection.py backbone=resnet50 dataset.batch_size=2
+python tools/bench_detection.py --r50-fpn --side 800     # inference time ratio ours / torchvision
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from hydra import compose, initialize_config_dir  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
+
+from detection.benchmark import (  # noqa: E402
+    loader_images_per_second,
+    r50_fpn_inference_ratio,
+    train_step_images_per_second,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("overrides", nargs="*", help="Hydra overrides of conf/detect.yaml")
+    ap.add_argument("--r50-fpn", action="store_true", help="time R50-FPN inference, ours vs torchvision")
+    ap.add_argument("--side", type=int, default=800, help="image side for --r50-fpn")
+    ap.add_argument("--steps", type=int, default=10)
+    args = ap.parse_args(argv)
+    if args.r50_fpn:
+        r = r50_fpn_inference_ratio(args.side)
+        print(f"R50-FPN {args.side}px: ours {r['ours_s']:.3f} s, torchvision {r['torchvision_s']:.3f} s, "
+              f"ratio {r['ratio']:.3f}")  # fmt: skip
+        return 0
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        cfg = OmegaConf.to_container(compose("detect", args.overrides), resolve=True)
+    loader = loader_images_per_second(cfg, batches=3 * args.steps)
+    step = train_step_images_per_second(cfg, steps=args.steps)
+    print(f"{cfg['backbone']['name']} {cfg['detector']['name']}: loader {loader:.1f} images/s "
+          f"({cfg['dataset']['workers']} workers), training step {step:.1f} images/s")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
