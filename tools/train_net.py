@@ -32,8 +32,8 @@ def _global_rank() -> int:
     return 0
 
 
-if _global_rank() > 0 and "hydra.output_subdir=null" not in sys.argv:
-    sys.argv += ["hydra.output_subdir=null", "hydra/job_logging=stdout"]
+if _global_rank() > 0:  # only rank 0 writes .hydra/ and the log file of the run dir
+    sys.argv += [o for o in ("hydra.output_subdir=null", "hydra/job_logging=stdout") if o not in sys.argv]
 
 
 @hydra.main(config_path="../conf", config_name="detect", version_base="1.3")
