@@ -16,7 +16,7 @@ Options beyond the paper:
 * ``act``: ``"relu"`` (paper Fig. 3, the default) or ``"relu6"``, which TF-slim and timm's ``mobilenetv1_100`` use;
   loading the twin's weights into a ReLU model logs a warning.
 * ``se_ratio > 0`` puts a squeeze-and-excitation block (SENet) on the output of every depthwise-separable layer
-  (SE-MobileNet); ``se_ratio=1/16`` is SENet's reduction r = 16.
+  (SE-MobileNet); ``se_ratio=16`` is SENet's reduction r = 16 (as in every family).
 * MobileNet v1 has no residual connections, so there is no path to drop: ``drop_path_rate`` must be 0.
 * ``reference_padding`` is accepted and changes nothing: every conv is padded ``k // 2`` exactly as in the timm twin,
   which already gives every level exactly ``H / 2**i``.
@@ -141,12 +141,12 @@ def _conv_bn_act(cin: int, cout: int, kernel_size: int, stride: int, act: str, g
 class DepthwiseSeparable(nn.Sequential):
     """Fig. 3 right: ``dw`` (3x3, stride, BN, act) -> ``pw`` (1x1, BN, act) [-> ``se``]."""
 
-    def __init__(self, cin: int, cout: int, stride: int, act: str = "relu", se_ratio: float = 0.0) -> None:
+    def __init__(self, cin: int, cout: int, stride: int, act: str = "relu", se_ratio: int = 0) -> None:
         super().__init__()
         self.dw = _conv_bn_act(cin, cin, 3, stride, act, groups=cin)
         self.pw = _conv_bn_act(cin, cout, 1, 1, act)
         if se_ratio > 0:
-            self.se = SqueezeExcite(cout, reduced_channels=max(1, int(cout * se_ratio)))
+            self.se = SqueezeExcite(cout, reduction=se_ratio)
 
 
 def _choice(name: str, value: str, valid: dict | tuple) -> None:
@@ -165,7 +165,7 @@ class MobileNetV1(Backbone):
         num_classes: int = 1000,
         in_chans: int = 3,
         act: str = "relu",
-        se_ratio: float = 0.0,
+        se_ratio: int = 0,
         drop_path_rate: float = 0.0,
         reference_padding: bool = False,
     ) -> None:
@@ -173,8 +173,8 @@ class MobileNetV1(Backbone):
         if not isinstance(alpha, int | float) or alpha <= 0:
             raise ValueError(f"alpha={alpha!r} must be a positive width multiplier (the paper's: 1.0, 0.75, 0.5, 0.25)")
         _choice("act", act, ACTIVATIONS)
-        if not 0.0 <= se_ratio <= 1.0:
-            raise ValueError(f"se_ratio={se_ratio!r} must be in [0, 1] (0 = no SE block, 1/16 = SENet's r = 16)")
+        if not isinstance(se_ratio, int) or se_ratio < 0:
+            raise ValueError(f"se_ratio={se_ratio!r} must be an integer SE reduction r >= 0 (0 = no SE, 16 = SENet's)")
         if drop_path_rate != 0.0:
             raise ValueError(
                 f"drop_path_rate={drop_path_rate!r} is not valid for MobileNet v1: it has no residual connections, "

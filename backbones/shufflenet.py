@@ -16,7 +16,7 @@ channels; the scaled stems are megvii's official ones (ShuffleNet-Series ``Shuff
 Options:
 * ``channel_shuffle=False`` removes the shuffle: paper Table 3's ablation;
 * ``se_ratio > 0`` puts a squeeze-and-excitation block on every unit's branch, after its last BN and before the
-  add / concat (SE-ShuffleNet, Table 5 "with SE"); ``se_ratio=1/16`` is SENet's r = 16, which adds 2.4 M mult-adds to
+  add / concat (SE-ShuffleNet, Table 5 "with SE"); ``se_ratio=16`` is SENet's r = 16, which adds 2.4 M mult-adds to
   2x (g = 3), consistent with Table 5's 527 vs 524 MFLOPs;
 * ``drop_path_rate``: stochastic depth on the branch of the stride-1 units (the only residuals), rising linearly
   from 0 at the first unit to the rate at the last;
@@ -112,7 +112,7 @@ class ShuffleUnit(nn.Module):
         groups: int,
         group_first: bool = True,
         shuffle: bool = True,
-        se_ratio: float = 0.0,
+        se_ratio: int = 0,
         drop_path: float = 0.0,
     ) -> None:
         super().__init__()
@@ -134,7 +134,7 @@ class ShuffleUnit(nn.Module):
         self.pw1 = ConvNormAct(in_channels, mid, 1, groups=first_groups)
         self.dw = ConvNormAct(mid, mid, 3, stride, groups=mid, act=False)  # no ReLU after the DWConv (§3.2)
         self.pw2 = ConvNormAct(mid, branch, 1, groups=groups, act=False)
-        self.se = SqueezeExcite(branch, reduced_channels=max(1, int(branch * se_ratio))) if se_ratio > 0 else None
+        self.se = SqueezeExcite(branch, reduction=se_ratio) if se_ratio > 0 else None
         self.pool = nn.AvgPool2d(3, 2, 1) if stride == 2 else None
         self.drop_path = DropPath(drop_path) if stride == 1 and drop_path > 0 else None
 
@@ -162,7 +162,7 @@ class ShuffleNetV1(Backbone):
         num_classes: int = 1000,
         in_chans: int = 3,
         channel_shuffle: bool = True,
-        se_ratio: float = 0.0,
+        se_ratio: int = 0,
         drop_path_rate: float = 0.0,
         reference_padding: bool = False,
     ) -> None:
@@ -173,8 +173,8 @@ class ShuffleNetV1(Backbone):
                 f"(groups={groups!r}, scale={scale!r}) has no channel table (paper Table 1 for 1x, megvii's official "
                 f"configs for other scales); valid: {valid}"
             )
-        if not 0.0 <= se_ratio <= 1.0:
-            raise ValueError(f"se_ratio={se_ratio!r} must be in [0, 1] (0 = no SE block, 1/16 = SENet's r = 16)")
+        if not isinstance(se_ratio, int) or se_ratio < 0:
+            raise ValueError(f"se_ratio={se_ratio!r} must be an integer SE reduction r >= 0 (0 = no SE, 16 = SENet's)")
         if not 0.0 <= drop_path_rate < 1.0:
             raise ValueError(f"drop_path_rate={drop_path_rate!r} must be in [0, 1)")
         self.groups = groups

@@ -95,10 +95,10 @@ def test_se_mobilenet_adds_one_se_block_per_layer():
     table1_out = (64, 128, 128, 256, 256, 512, 512, 512, 512, 512, 512, 1024, 1024)
     with torch.device("meta"):
         plain = backbones.create_model("mobilenet_v1_x1_0")
-        se = backbones.create_model("mobilenet_v1_x1_0", se_ratio=1 / 16)
+        se = backbones.create_model("mobilenet_v1_x1_0", se_ratio=16)
     extra = sum(2 * c * (c // 16) + c // 16 + c for c in table1_out)
     assert backbones.count_params(se) - backbones.count_params(plain) == extra
-    m = backbones.create_model("mobilenet_v1_x0_25", se_ratio=0.25, num_classes=3).eval()
+    m = backbones.create_model("mobilenet_v1_x0_25", se_ratio=4, num_classes=3).eval()
     with torch.no_grad():
         assert m(torch.randn(1, 3, 64, 64)).shape == (1, 3)
 
@@ -111,8 +111,8 @@ def test_option_errors():
         backbones.create_model("mobilenet_v1_x1_0", act="relu7")
     with pytest.raises(ValueError, match=r"alpha=0.*positive width multiplier"):
         backbones.create_model("mobilenet_v1_x1_0", alpha=0)
-    with pytest.raises(ValueError, match=r"se_ratio=2"):
-        backbones.create_model("mobilenet_v1_x1_0", se_ratio=2)
+    with pytest.raises(ValueError, match=r"se_ratio=0.5"):
+        backbones.create_model("mobilenet_v1_x1_0", se_ratio=0.5)
 
 
 def test_reference_padding_changes_nothing():

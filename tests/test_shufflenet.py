@@ -132,10 +132,10 @@ def test_se_shufflenet_costs_what_table5_says():
     # Table 5: ShuffleNet 2x (g = 3) 524 MFLOPs, with SE 527 MFLOPs (printed to 1 M)
     with torch.device("meta"):
         plain = backbones.create_model("shufflenet_v1_g3_x2_0")
-        se = backbones.create_model("shufflenet_v1_g3_x2_0", se_ratio=1 / 16)
+        se = backbones.create_model("shufflenet_v1_g3_x2_0", se_ratio=16)
     extra = (backbones.count_macs(se, 224) - backbones.count_macs(plain, 224)) / 1e6
     assert abs(extra - (527 - 524)) <= 1.0, extra
-    m = backbones.create_model("shufflenet_v1_g3_x0_5", se_ratio=1 / 16, num_classes=3).train()
+    m = backbones.create_model("shufflenet_v1_g3_x0_5", se_ratio=16, num_classes=3).train()
     m(torch.randn(2, 3, 64, 64)).sum().backward()
     assert all(p.grad is not None for p in m.parameters())
 
