@@ -352,6 +352,11 @@ def run(cfg: Any, output_dir: str | os.PathLike, **trainer_overrides: Any) -> di
         torch.set_num_threads(int(threads))
     L.seed_everything(int(c.get("seed", 0)), workers=True, verbose=False)
 
+    if recipe.get("name") == "sgd_digits" and dataset_cfg.get("name") != "digits":
+        logger.warning(
+            "recipe=sgd_digits is the short CPU demo recipe; for ImageNet-scale data use the papers' "
+            "recipes (recipe=sgd_imagenet, rmsprop_mobilenet, nasnet_imagenet, nasnet_cifar)"
+        )
     dm = ClassificationDataModule(dataset_cfg, card, cutout=int(recipe.get("cutout") or 0))
     data = dm.data  # fails early, with a clear message, on a bad dataset
     if "input_size" in backbones.builder_options(name) and "input_size" not in options:

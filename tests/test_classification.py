@@ -35,11 +35,13 @@ def cfg_of(*overrides: str):
 def test_default_config_composes_to_a_registered_backbone_on_digits():
     cfg = cfg_of()
     assert cfg.dataset.name == "digits" and cfg.dataset.task == "classification"
-    assert cfg.recipe.name == "sgd_imagenet" and cfg.trainer.accelerator == "cpu"
+    assert cfg.recipe.name == "sgd_digits" and cfg.trainer.accelerator == "cpu"
     assert cfg.backbone.name in backbones.list_models()
 
 
-@pytest.mark.parametrize("recipe", ["nasnet_imagenet", "nasnet_cifar", "sgd_imagenet", "rmsprop_mobilenet"])
+@pytest.mark.parametrize(
+    "recipe", ["nasnet_imagenet", "nasnet_cifar", "sgd_imagenet", "rmsprop_mobilenet", "sgd_digits"]
+)
 def test_every_recipe_composes(recipe):
     assert cfg_of(f"recipe={recipe}").recipe.name == recipe
 
@@ -185,7 +187,6 @@ def test_nasnet_recipe_trains_with_scheduled_drop_path_aux_head_and_ema(tmp_path
         "dataset.image_size=96",
         "dataset.batch_size=8",
         "dataset.val_fraction=0.05",
-        "recipe.optimizer.lr=0.01",
         "epochs=1",
         f"trainer.limit_train_batches={steps}",
         "eval_raw=true",

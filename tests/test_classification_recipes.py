@@ -190,13 +190,17 @@ def test_unknown_optimizer_is_named():
 
 
 # ---- recipe files --------------------------------------------------------------------------------------------------
-RECIPES = ("nasnet_imagenet", "nasnet_cifar", "sgd_imagenet", "rmsprop_mobilenet")
+RECIPES = ("nasnet_imagenet", "nasnet_cifar", "sgd_imagenet", "rmsprop_mobilenet", "sgd_digits")
 
 
 @pytest.mark.parametrize("name", RECIPES)
 def test_recipe_file_cites_its_source_and_builds(name):
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
     text = (CONF / "recipe" / f"{name}.yaml").read_text()
-    r = yaml.safe_load(text)
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        r = OmegaConf.to_container(compose("classify", overrides=[f"recipe={name}"]).recipe)
     assert r["name"] == name and r["source"]
     assert "arXiv" in text  # the paper the numbers come from
     opt = build_optimizer(nn.Linear(4, 2), r["optimizer"], lr=float(r["optimizer"]["lr"]))
