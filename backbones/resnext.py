@@ -194,6 +194,9 @@ class ResNeXt(Backbone):
         in_chans: input channels.
         drop_path_rate: stochastic depth of the last block; block i of n gets ``rate * i / (n - 1)``.
         reference_padding: accepted for the common contract; padding already matches the twins.
+        zero_init_last: initialise the last BN scale of every block to zero, so each block starts as the identity
+            (Goyal et al. 2017, arXiv:1706.02677 section 5.1; timm's default). It also keeps a randomly initialised
+            deep SE network from being numerically chaotic.
     """
 
     def __init__(
@@ -212,6 +215,7 @@ class ResNeXt(Backbone):
         in_chans: int = 3,
         drop_path_rate: float = 0.0,
         reference_padding: bool = False,
+        zero_init_last: bool = True,
     ) -> None:
         super().__init__()
         layers = tuple(layers)
@@ -283,6 +287,10 @@ class ResNeXt(Backbone):
         self.num_classes = num_classes
         self.fc = nn.Linear(channels, num_classes) if num_classes > 0 else nn.Identity()
         self.init_weights()
+        if zero_init_last:
+            for m in self.modules():
+                if isinstance(m, Bottleneck):
+                    nn.init.zeros_(m.bn3.weight)
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         x = x.mean((2, 3))  # global average pool, (B, C, H, W) -> (B, C)

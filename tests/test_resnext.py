@@ -85,6 +85,7 @@ def test_senet154_knobs_match_timm_legacy_senet_small():
 def test_drop_path_linear_in_depth_and_identity_in_eval():
     rate = 0.3
     m = backbones.create_model("resnet50", drop_path_rate=rate)
+    randomize_bn_stats(m)  # non-zero last-BN scales, so the residual branches contribute
     probs = [
         b.drop_path.drop_prob if b.drop_path is not None else 0.0 for s in range(1, 5) for b in m.body[f"layer{s}"]
     ]
@@ -104,6 +105,17 @@ def test_drop_path_linear_in_depth_and_identity_in_eval():
         torch.manual_seed(2)
         b = m(x)
     assert not torch.equal(a, b)
+
+
+def test_zero_init_last_makes_every_block_the_identity():
+    """Goyal et al. 2017 section 5.1: with the last BN scale at zero a block without projection maps x >= 0 to x."""
+    m = backbones.create_model("se_resnext50_32x4d").eval()
+    x = torch.rand(1, 256, 8, 8)
+    with torch.no_grad():
+        for block in m.body.layer1[1:]:
+            torch.testing.assert_close(block(x.clone()), x, rtol=0, atol=0)
+    plain = backbones.create_model("se_resnext50_32x4d", zero_init_last=False)
+    assert all(b.bn3.weight.eq(1).all() for b in plain.body.layer1)
 
 
 def test_c1_is_the_stem_before_the_pool():
