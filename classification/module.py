@@ -249,6 +249,16 @@ class ClassificationModule(L.LightningModule):
     # ---- checkpoints -----------------------------------------------------------------------------------------------
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         keys = checkpoint.get("state_dict", {})
+        trained = (checkpoint.get("hyper_parameters") or {}).get("model_name")
+        if trained and trained != self.hparams.model_name:
+            own = self.state_dict()
+            missing = sorted(k for k in own if k not in keys and not k.startswith("ema."))
+            unexpected = sorted(k for k in keys if k not in own and not k.startswith("ema."))
+            raise backbones.CheckpointMismatchError(
+                f"the checkpoint was trained with backbone={trained}, this run builds backbone="
+                f"{self.hparams.model_name}; {len(missing)} missing keys (e.g. {', '.join(missing[:3])}), "
+                f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])}). Use backbone={trained}"
+            )
         has_ema = any(k.startswith("ema.") for k in keys)
         if has_ema and self.ema is None:
             raise ValueError(

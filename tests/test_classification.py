@@ -268,3 +268,22 @@ def test_ddp_two_processes_count_each_val_image_once(tmp_path):
         tmp_path / "eval",
     )
     assert single["images"] == 359 and single["top1"] == pytest.approx(m["top1"])
+
+
+def test_non_finite_loss_stops_the_run_naming_the_step(tmp_path):
+    with pytest.raises(FloatingPointError, match=r"non-finite training loss .* at step \d+"):
+        run(cfg_of(*SMALL, *QUIET, "recipe.optimizer.lr=1e30", "recipe.schedule.warmup_epochs=0"), tmp_path)
+
+
+def test_checkpoint_of_another_backbone_is_named(tmp_path):
+    out = tmp_path / "run"
+    run(cfg_of(*SMALL, *QUIET, "trainer.limit_train_batches=1", "trainer.limit_val_batches=1"), out)
+    cfg = cfg_of(
+        "backbone=squeezenet1_1",
+        "dataset.image_size=16",
+        "eval_only=true",
+        f"checkpoint={out / 'checkpoints' / 'last.ckpt'}",
+        *QUIET,
+    )
+    with pytest.raises(backbones.CheckpointMismatchError, match="backbone=mobilenet_v1_x0_25.*missing keys"):
+        run(cfg, tmp_path / "eval")
