@@ -7,11 +7,16 @@
     python tools/train_cls.py eval_only=true pretrained=/path/to/weights.pth      # ours or a timm/torchvision twin's
     python tools/train_cls.py eval_only=true checkpoint=outputs/.../checkpoints/last.ckpt
     python tools/train_cls.py resume=true hydra.run.dir=outputs/classify/<run>    # continue a killed run
+
+Every rank of a multi-process run uses the one run dir (Lightning passes it to the processes it starts; with
+torchrun or SLURM give hydra.run.dir); ranks other than 0 write no Hydra files; logs, checkpoints and
+results.json come from rank 0.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -23,6 +28,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from classification.module import run  # noqa: E402
 
 log = logging.getLogger("train_cls")
+
+
+def _global_rank() -> int:
+    for var in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
+        if os.environ.get(var, "").isdigit():
+            return int(os.environ[var])
+    return 0
+
+
+if _global_rank() > 0:  # only rank 0 writes .hydra/ and the log file of the run dir
+    sys.argv += [o for o in ("hydra.output_subdir=null", "hydra/job_logging=stdout") if o not in sys.argv]
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="classify")
