@@ -287,3 +287,24 @@ def test_checkpoint_of_another_backbone_is_named(tmp_path):
     )
     with pytest.raises(backbones.CheckpointMismatchError, match="backbone=mobilenet_v1_x0_25.*missing keys"):
         run(cfg, tmp_path / "eval")
+
+
+def test_imagefolder_run_end_to_end(tmp_path):
+    from test_classification_data import make_folder
+
+    make_folder(tmp_path / "data", classes=("ant", "bee", "cow"), per_class=4)
+    m = run(
+        cfg_of(
+            "backbone=mobilenet_v1_x0_25",
+            "dataset=imagefolder",
+            f"dataset.root={tmp_path / 'data'}",
+            "dataset.image_size=32",
+            "dataset.num_workers=0",
+            "dataset.batch_size=4",
+            "epochs=1",
+            "recipe=sgd_imagenet",
+            *QUIET,
+        ),
+        tmp_path / "run",
+    )
+    assert m["images"] == 12 and m["global_step"] == 3
