@@ -6,8 +6,8 @@
     python tools/benchmark.py densenet121 --peak-memory --option memory_efficient=True
     python tools/benchmark.py --all --device cuda --channels-last --amp
 
-Prints a Markdown table: median ms, images/s, mult-adds/s, peak memory, and ours/twin = twin time / our time
-(> 1 means ours is faster), with the machine it ran on.
+Prints a Markdown table: median ms, images/s, mult-adds/s, peak memory, and ours/twin = our time / twin time
+(< 1 means ours is faster), with the machine it ran on.
 """
 
 from __future__ import annotations
