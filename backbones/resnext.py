@@ -26,7 +26,6 @@ level ``c<i>`` is exactly ``H / 2**i`` for sides that are multiples of 32.
 
 from __future__ import annotations
 
-import re
 from collections import OrderedDict
 from dataclasses import asdict, dataclass
 
@@ -36,6 +35,7 @@ from torch import Tensor, nn
 from .base import Backbone
 from .layers import DropPath, SqueezeExcite
 from .registry import ModelCard, register_model
+from .weights import rename_keys
 
 STEM_TYPES = ("7x7", "deep")
 DOWN_KERNEL_SIZES = (1, 3)
@@ -300,12 +300,7 @@ class ResNeXt(Backbone):
 
     def remap_state_dict(self, state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
         """Map torchvision / timm ``resnet.py`` and timm ``senet.py`` (``legacy_*``) names onto ours."""
-        out = {}
-        for key, value in state_dict.items():
-            for pattern, repl in TWIN_RENAMES:
-                key = re.sub(pattern, repl, key)
-            out[key] = value
-        return out
+        return rename_keys(state_dict, TWIN_RENAMES)
 
 
 def _card(table: str, params: int, macs: int, twins: dict[str, str], **kw) -> ModelCard:

@@ -134,3 +134,15 @@ def load_state_dict_checked(model: nn.Module, state: dict[str, Tensor], origin: 
         raise CheckpointMismatchError("; ".join(parts))
     state = {k: v for k, v in state.items() if k in own and v.shape == own[k].shape}
     model.load_state_dict(state, strict=False)
+
+
+def rename_keys(state_dict: dict[str, Tensor], renames: tuple[tuple[str, str], ...]) -> dict[str, Tensor]:
+    """Apply ``(regex, replacement)`` renames, in order, to every key: a twin's names mapped onto ours as data."""
+    import re
+
+    out = {}
+    for key, value in state_dict.items():
+        for pattern, repl in renames:
+            key = re.sub(pattern, repl, key)
+        out[key] = value
+    return out

@@ -25,7 +25,6 @@ Deviations, each behind an option:
 
 from __future__ import annotations
 
-import re
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -35,6 +34,7 @@ from torch import Tensor, nn
 from .base import Backbone
 from .layers import DropPath, SeparableConv2d, SqueezeExcite
 from .registry import INCEPTION_MEAN, INCEPTION_STD, ModelCard, register_model
+from .weights import rename_keys
 
 
 @dataclass(frozen=True)
@@ -205,12 +205,7 @@ class Xception(Backbone):
 
     def remap_state_dict(self, state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
         """Map timm ``legacy_xception`` (Cadene's port) names onto ours."""
-        out = {}
-        for key, value in state_dict.items():
-            for pattern, repl in TWIN_RENAMES:
-                key = re.sub(pattern, repl, key)
-            out[key] = value
-        return out
+        return rename_keys(state_dict, TWIN_RENAMES)
 
 
 register_model(
