@@ -549,7 +549,7 @@ def run(cfg: Mapping[str, Any], output_dir: str | os.PathLike) -> dict[str, floa
         ckpt = resolve_resume(cfg.get("resume"), output_dir)
         trainer.fit(model, datamodule=dm, ckpt_path=ckpt, weights_only=True)
         if trainer.checkpoint_callback is not None:  # last.ckpt = the final state, also when max_steps cut an epoch
-            trainer.save_checkpoint(os.path.join(trainer.checkpoint_callback.dirpath, "last.ckpt"))
+            trainer.save_checkpoint(os.path.join(trainer.checkpoint_callback.dirpath, "last.ckpt"), weights_only=False)
         limit = cfg["trainer"].get("limit_val_batches")
         if model.last_eval_step != trainer.global_step and limit != 0:  # stopped by max_steps between evaluations
             trainer.validate(model, datamodule=dm)
