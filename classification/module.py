@@ -21,7 +21,7 @@ from typing import Any
 import lightning as L
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader
+from torch.utils.data import BatchSampler, DataLoader, DistributedSampler
 
 import backbones
 
@@ -282,18 +282,26 @@ def first_occurrence(index: Tensor) -> Tensor:
 
 
 class ClassificationDataModule(L.LightningDataModule):
-    """Loaders over :func:`classification.data.build_datasets`; the datasets are built once, on first use."""
+    """Loaders over :func:`classification.data.build_datasets`; the datasets are built once, on first use.
+
+    The loaders shard across ranks themselves (the Trainer gets ``use_distributed_sampler=False``): training
+    through a seeded ``DistributedSampler`` in a :class:`detection.module.ResumableDataLoader`, so a mid-epoch
+    checkpoint resumes at the next batch of the same order; evaluation through an unshuffled one, whose padding
+    repeats evaluation drops.
+    """
 
     def __init__(
         self,
         dataset_cfg: dict[str, Any],
         card: backbones.ModelCard,
         cutout: int = 0,
+        seed: int = 0,
     ) -> None:
         super().__init__()
         self.dataset_cfg = dict(dataset_cfg)
         self.card = card
         self.cutout = cutout
+        self.seed = seed
         self.batch_size = int(self.dataset_cfg.get("batch_size", 64))
         self.val_batch_size = int(self.dataset_cfg.get("val_batch_size") or self.batch_size)
         self.num_workers = int(self.dataset_cfg.get("num_workers", 0))
@@ -305,23 +313,28 @@ class ClassificationDataModule(L.LightningDataModule):
             self._data = build_datasets(self.dataset_cfg, self.card, cutout=self.cutout)
         return self._data
 
-    def _loader(self, ds, batch_size: int, train: bool) -> DataLoader:
-        return DataLoader(
-            ds,
-            batch_size=batch_size,
-            shuffle=train,
-            drop_last=train and len(ds) > batch_size,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            pin_memory=torch.cuda.is_available(),
-            collate_fn=collate_skip_bad,
-        )
+    def _sampler(self, ds, shuffle: bool) -> DistributedSampler:
+        rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer is not None else (0, 1)
+        return DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=shuffle, seed=self.seed)
+
+    def _loader_args(self) -> dict[str, Any]:
+        return {
+            "num_workers": self.num_workers,
+            "persistent_workers": self.num_workers > 0,
+            "pin_memory": torch.cuda.is_available(),
+            "collate_fn": collate_skip_bad,
+        }
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.data.train, self.batch_size, True)
+        from detection.module import ResumableDataLoader
+
+        ds = self.data.train
+        batches = BatchSampler(self._sampler(ds, True), self.batch_size, drop_last=len(ds) > self.batch_size)
+        return ResumableDataLoader(ds, batches, trainer=self.trainer, **self._loader_args())
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.data.val, self.val_batch_size, False)
+        ds = self.data.val
+        return DataLoader(ds, self.val_batch_size, sampler=self._sampler(ds, False), **self._loader_args())
 
 
 # ---- the run ---------------------------------------------------------------------------------------------------------
@@ -367,7 +380,8 @@ def run(cfg: Any, output_dir: str | os.PathLike, **trainer_overrides: Any) -> di
             "recipe=sgd_digits is the short CPU demo recipe; for ImageNet-scale data use the papers' "
             "recipes (recipe=sgd_imagenet, rmsprop_mobilenet, nasnet_imagenet, nasnet_cifar)"
         )
-    dm = ClassificationDataModule(dataset_cfg, card, cutout=int(recipe.get("cutout") or 0))
+    seed = int(c.get("seed", 0))
+    dm = ClassificationDataModule(dataset_cfg, card, cutout=int(recipe.get("cutout") or 0), seed=seed)
     data = dm.data  # fails early, with a clear message, on a bad dataset
     if "input_size" in backbones.builder_options(name) and "input_size" not in options:
         options["input_size"] = data.image_size  # design resolution (sizes e.g. NASNet's aux head) = training one
@@ -382,7 +396,7 @@ def run(cfg: Any, output_dir: str | os.PathLike, **trainer_overrides: Any) -> di
     )
     # run length: `epochs`, else trainer.max_epochs, else the dataset's (digits: short), else the recipe's (paper's)
     epochs = c.get("epochs") or trainer_cfg.get("max_epochs") or dataset_cfg.get("epochs") or recipe.get("epochs")
-    overrides: dict[str, Any] = {"max_epochs": int(epochs)}
+    overrides: dict[str, Any] = {"max_epochs": int(epochs), "use_distributed_sampler": False}  # the loaders shard
     if trainer_cfg.get("gradient_clip_val") is None and recipe.get("gradient_clip_val"):
         overrides["gradient_clip_val"] = float(recipe["gradient_clip_val"])
     overrides.update(trainer_overrides)

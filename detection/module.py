@@ -12,6 +12,7 @@ from __future__ import annotations
 import difflib
 import logging
 import os
+import pickle
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ import torch
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from torch.utils.data import DataLoader, Sampler
 
 logger = logging.getLogger(__name__)
 
@@ -78,7 +80,104 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         path = os.fspath(path)
         if not os.path.isfile(path):
             raise FileNotFoundError(f"checkpoint {path!r} does not exist")
-        return torch.load(path, map_location=map_location or "cpu", weights_only=True)
+        try:
+            return torch.load(path, map_location=map_location or "cpu", weights_only=True)
+        except pickle.UnpicklingError as e:
+            raise pickle.UnpicklingError(
+                f"checkpoint {path!r} was refused: it holds objects other than tensors and plain containers, which "
+                f"could run code when unpickled (loaded with weights_only=True). Only load a checkpoint you trust "
+                f"the origin of, after converting it to tensors. torch.load said: {e}"
+            ) from e
+
+
+class ResumableBatchSampler(Sampler[list[int]]):
+    """Wraps a batch sampler; after :meth:`resume_at` its next iteration runs in the given epoch's order and leaves
+    out the first ``skip`` batches (indices only, so the skipped images are never loaded). ``sampler`` is the wrapped
+    one's, where Lightning calls ``set_epoch``."""
+
+    def __init__(self, batch_sampler: Any) -> None:
+        sampler = getattr(batch_sampler, "sampler", None)
+        if not callable(getattr(sampler, "set_epoch", None)):
+            raise TypeError(
+                f"{type(batch_sampler).__name__}.sampler ({type(sampler).__name__}) has no set_epoch(); a resumable "
+                f"loader needs a sampler whose order is a function of the epoch (e.g. DistributedSampler)"
+            )
+        self.batch_sampler = batch_sampler
+        self.sampler = sampler
+        self.pending: tuple[int, int] | None = None  # (epoch, batches to skip) for the next iteration
+
+    def resume_at(self, epoch: int, skip: int) -> None:
+        self.sampler.set_epoch(epoch)
+        self.pending = (epoch, skip)
+
+    def __iter__(self) -> Any:
+        # A generator: the resume point is taken when the first batch is drawn, not when iter() is called. A
+        # DataLoader with workers calls iter() twice on its batch sampler and draws from the second iterator only,
+        # and Lightning may call set_epoch between creating the loader's iterator and drawing from it.
+        skip = 0
+        if self.pending is not None:
+            (epoch, skip), self.pending = self.pending, None
+            self.sampler.set_epoch(epoch)
+        it = iter(self.batch_sampler)
+        for _ in range(skip):
+            if next(it, None) is None:
+                return
+        yield from it
+
+    def __len__(self) -> int:
+        return len(self.batch_sampler)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+
+
+class ResumableDataLoader(DataLoader):
+    """A training loader that a mid-epoch checkpoint resumes at the next batch of the same epoch's order.
+
+    Lightning restores its batch counters from a checkpoint but re-reads the epoch from its first batch, and creates
+    the first iterator before it sets the sampler epoch. It treats a loader with ``state_dict`` / ``load_state_dict``
+    as resumable and loads that state before creating the iterator, so this loader records the sampler epoch and the
+    batches the training loop has taken in it (``batch_progress.current.ready``: it counts the batch being trained
+    when a checkpoint is saved on_train_batch_end, and every batch of the epoch at its end; batches the prefetching
+    fetcher holds are not counted). Loading sets the sampler epoch and makes the next iteration skip those batches;
+    a finished epoch resumes at the start of the next one. ``len()`` stays the full epoch: Lightning counts the
+    skipped batches as fetched. Every rank loads the same state (the sampler shards by rank).
+
+    Args:
+        dataset: map-style dataset.
+        batch_sampler: yields lists of indices; its ``sampler`` must have ``set_epoch`` (``DistributedSampler``).
+        trainer: the Trainer whose training progress ``state_dict`` reads (None: position 0 of the epoch).
+        **kwargs: other ``DataLoader`` arguments (workers, collate_fn, ...).
+    """
+
+    def __init__(self, dataset: Any, batch_sampler: Any, trainer: L.Trainer | None = None, **kwargs: Any) -> None:
+        super().__init__(dataset, batch_sampler=ResumableBatchSampler(batch_sampler), **kwargs)
+        self.trainer = trainer
+
+    def state_dict(self) -> dict[str, Any]:
+        state = {"epoch": int(getattr(self.batch_sampler.sampler, "epoch", 0)), "batches_done": 0}
+        state.update(epoch_complete=False, num_batches=len(self))
+        if self.trainer is not None:
+            progress = self.trainer.fit_loop.epoch_loop.batch_progress
+            done = int(progress.current.ready)
+            complete = progress.is_last_batch or done >= self.trainer.num_training_batches
+            state.update(batches_done=done, epoch_complete=bool(complete))
+        return state
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        epoch, skip = int(state["epoch"]), int(state["batches_done"])
+        if state["epoch_complete"]:
+            epoch, skip = epoch + 1, 0
+        elif state.get("num_batches", len(self)) != len(self):
+            logger.warning(
+                "the checkpoint's epoch had %s batches per rank, this run's has %d (batch size, devices or dataset "
+                "changed): the rest of epoch %d does not continue the checkpoint's order",
+                state.get("num_batches"),
+                len(self),
+                epoch,
+            )
+        self.batch_sampler.resume_at(epoch, skip)
+        logger.info("train loader resumes at epoch %d, batch %d of %d", epoch, skip, len(self))
 
 
 class RunProgressBar(TQDMProgressBar):
@@ -177,16 +276,22 @@ def build_trainer(
         loggers.append(CSVLogger(save_dir=str(out), name="csv"))
 
     every_steps = ckpt_cfg.get("every_n_train_steps")
-    # last.ckpt (the resume point and the "last good" state) at every epoch end or every N steps, whatever the
-    # metrics; a second callback keeps the best checkpoints by `monitor` after each evaluation
-    latest = ModelCheckpoint(
-        dirpath=str(out / "checkpoints"),
-        save_last=ckpt_cfg.get("save_last", True),
-        save_top_k=0,
-        every_n_epochs=None if every_steps else ckpt_cfg.get("every_n_epochs", 1),
-        every_n_train_steps=every_steps,
-    )
-    cbs: list[Callback] = [latest]
+    cbs: list[Callback] = []
+    if ckpt_cfg.get("save_last", True):
+        # last.ckpt (the resume point and the "last good" state) at every epoch end or every N steps, whatever the
+        # metrics. Written as this callback's one "top-k" file: Lightning 2.6 writes a save_last file only at a point
+        # where a top-k file was written too, so save_top_k=0 + save_last=True would write it only when fit ends
+        cbs.append(
+            ModelCheckpoint(
+                dirpath=str(out / "checkpoints"),
+                filename="last",
+                save_top_k=1,
+                enable_version_counter=False,
+                every_n_epochs=None if every_steps else ckpt_cfg.get("every_n_epochs", 1),
+                every_n_train_steps=every_steps,
+            )
+        )
+    # a second callback keeps the best checkpoints by `monitor` after each evaluation
     if monitor is not None and ckpt_cfg.get("save_top_k", 1) != 0:
         cbs.append(
             ModelCheckpoint(
@@ -298,13 +403,11 @@ class DetectionDataModule(L.LightningDataModule):
             return self.trainer.global_rank, self.trainer.world_size
         return 0, 1
 
-    def _loader(self, dataset: Any, **kw: Any) -> torch.utils.data.DataLoader:
+    def _loader(self, dataset: Any, loader: type[DataLoader] = DataLoader, **kw: Any) -> DataLoader:
         from .data import collate
 
         workers = int(self.cfg.get("workers", 2))
-        return torch.utils.data.DataLoader(
-            dataset, num_workers=workers, collate_fn=collate, persistent_workers=workers > 0, **kw
-        )
+        return loader(dataset, num_workers=workers, collate_fn=collate, persistent_workers=workers > 0, **kw)
 
     def train_dataloader(self) -> torch.utils.data.DataLoader:
         from torch.utils.data.distributed import DistributedSampler
@@ -315,7 +418,7 @@ class DetectionDataModule(L.LightningDataModule):
         sampler = DistributedSampler(self.train_set, num_replicas=world, rank=rank, shuffle=True, seed=self.seed)
         groups = aspect_ratio_groups(self.train_set, int(self.cfg.get("aspect_ratio_group_factor", 3)))
         batches = GroupedBatchSampler(sampler, groups, int(self.cfg["batch_size"]))
-        return self._loader(self.train_set, batch_sampler=batches)
+        return self._loader(self.train_set, ResumableDataLoader, batch_sampler=batches, trainer=self.trainer)
 
     def val_dataloader(self) -> torch.utils.data.DataLoader:
         from .data import ShardSampler
@@ -523,8 +626,11 @@ def use_root_logging() -> None:
             lg.propagate = True
 
 
-def run(cfg: Mapping[str, Any], output_dir: str | os.PathLike) -> dict[str, float]:
-    """Train (or with ``eval_only`` evaluate) a detector as the config says; returns the last COCO stats."""
+def run(cfg: Mapping[str, Any], output_dir: str | os.PathLike, callbacks: Sequence[Callback] = ()) -> dict[str, float]:
+    """Train (or with ``eval_only`` evaluate) a detector as the config says; returns the last COCO stats.
+
+    ``callbacks`` are added to the Trainer's (e.g. a recorder in tests).
+    """
     cfg = _plain(cfg)
     use_root_logging()
     check_task(cfg)
@@ -540,7 +646,9 @@ def run(cfg: Mapping[str, Any], output_dir: str | os.PathLike) -> dict[str, floa
     model = DetectionModule(cfg, dm.num_classes, output_dir)
     if cfg.get("checkpoint"):
         load_detector_weights(model.model, cfg["checkpoint"])
-    trainer = build_trainer(cfg["trainer"], output_dir, monitor="val/AP", mode="max", use_distributed_sampler=False)
+    trainer = build_trainer(
+        cfg["trainer"], output_dir, monitor="val/AP", mode="max", callbacks=callbacks, use_distributed_sampler=False
+    )
     if cfg.get("eval_only"):
         if not cfg.get("checkpoint"):
             raise ValueError("eval_only=true needs checkpoint=<detector weights or a training checkpoint>")

@@ -10,41 +10,14 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
+from tiny_runs import ROOT, compose_cfg, tiny
 
 import backbones
 from detection.evaluation import STAT_NAMES
 from detection.module import NonFiniteLossError, run
-
-ROOT = Path(__file__).resolve().parents[1]
-TINY_BACKBONE = "mobilenet_v1_x0_25"
-
-
-def tiny(tmp_path: Path, steps: int = 3) -> list[str]:
-    """Overrides for a run of a few seconds: 16 train / 8 val images at 64 px."""
-    return [
-        f"backbone={TINY_BACKBONE}",
-        f"dataset.root={tmp_path / 'cache'}",
-        "dataset.generate.num_train=16",
-        "dataset.generate.num_val=8",
-        "dataset.min_size=64",
-        "dataset.max_size=64",
-        "dataset.batch_size=4",
-        "dataset.eval_batch_size=8",
-        "dataset.workers=0",
-        f"trainer.max_steps={steps}",
-        "trainer.log_every_n_steps=1",
-        "solver.warmup_iters=1",
-    ]
-
-
-def compose_cfg(overrides: list[str]):
-    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
-        return compose("detect", overrides)
 
 
 def test_train_net_train_resume_eval(tmp_path):
