@@ -50,6 +50,12 @@ def _all_gather(obj: Any) -> list[Any]:
     return [obj]
 
 
+def _rank() -> int:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank()
+    return 0
+
+
 class CocoEvaluator:
     """Collects predictions of one evaluation pass and scores them against ``ann_file``.
 
@@ -90,6 +96,14 @@ class CocoEvaluator:
             merged.update(results)
             seen.update(ids)
         flat = [r for image_id in sorted(merged) for r in merged[image_id]]
+        undecoded = sorted(seen - set(merged))
+        if undecoded and _rank() == 0:
+            logger.warning(
+                "%d evaluated image(s) could not be decoded and count as images with no detections (ids %s%s)",
+                len(undecoded),
+                undecoded[:10],
+                ", ..." if len(undecoded) > 10 else "",
+            )
         return flat, sorted(seen)
 
     def evaluate(self, results_file: str | os.PathLike | None = None) -> dict[str, float]:

@@ -110,9 +110,11 @@ def _write_coco(root: Path, bad_image: bool = False) -> tuple[Path, Path]:
     return img_dir, ann
 
 
-def test_category_mapping_crowd_and_degenerate(tmp_path):
+def test_category_mapping_crowd_and_degenerate(tmp_path, caplog):
     img_dir, ann = _write_coco(tmp_path)
-    ds = CocoDetection(img_dir, ann)
+    with caplog.at_level("INFO", logger="detection.data"):
+        ds = CocoDetection(img_dir, ann)
+    assert "dropped 2 degenerate boxes" in caplog.text and "1 crowd boxes" in caplog.text  # what the user sees
     assert ds.label_to_cat == {1: 3, 2: 7, 3: 90} and ds.num_classes == 3
     image, target = ds[0]
     assert image.shape == (3, 40, 60) and image.dtype == torch.float32 and image.max() <= 1
@@ -277,7 +279,7 @@ def test_results_are_xywh_in_original_pixels_with_category_ids():
     assert r == {"image_id": 7, "category_id": 90, "bbox": [5.0, 10.0, 10.0, 20.0], "score": 0.5}
 
 
-def test_evaluator_counts_each_image_once_and_skipped_as_missed(shapes, tmp_path):
+def test_evaluator_counts_each_image_once_and_skipped_as_missed(shapes, tmp_path, caplog):
     ann = shapes / "annotations" / "instances_val.json"
     gt = json.loads(ann.read_text())
     ev = CocoEvaluator(ann, {k + 1: k + 1 for k in range(len(CLASSES))})
@@ -298,7 +300,12 @@ def test_evaluator_counts_each_image_once_and_skipped_as_missed(shapes, tmp_path
     first_with_objects = next(a["image_id"] for a in gt["annotations"])
     ev.results.pop(first_with_objects)
     ev.mark_seen([first_with_objects])
-    assert ev.evaluate()["AR100"] < 1.0
+    with caplog.at_level("WARNING", logger="detection.evaluation"):
+        assert ev.evaluate()["AR100"] < 1.0
+    assert (
+        f"1 evaluated image(s) could not be decoded and count as images with no detections (ids [{first_with_objects}]"
+        in caplog.text
+    )
 
 
 def _gather_worker(rank: int, world: int, port: int, ann: str, out: str) -> None:

@@ -8,10 +8,12 @@ python tools/bench_detection.py --r50-fpn --side 800     # inference time ratio 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as tools/train_net.py, so the step is timed as it trains
 
 from hydra import compose, initialize_config_dir  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
@@ -30,20 +32,29 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("overrides", nargs="*", help="Hydra overrides of conf/detect.yaml")
     ap.add_argument("--r50-fpn", action="store_true", help="time R50-FPN inference, ours vs torchvision")
     ap.add_argument("--side", type=int, default=800, help="image side for --r50-fpn")
+    ap.add_argument("--repeats", type=int, default=5, help="timed inferences per model for --r50-fpn")
     ap.add_argument("--steps", type=int, default=10)
     args = ap.parse_args(argv)
     if args.r50_fpn:
-        r = r50_fpn_inference_ratio(args.side)
-        print(f"R50-FPN {args.side}px: ours {r['ours_s']:.3f} s, torchvision {r['torchvision_s']:.3f} s, "
-              f"ratio {r['ratio']:.3f}")  # fmt: skip
+        r = r50_fpn_inference_ratio(args.side, args.repeats)
+        print(f"R50-FPN {args.side}px, median of {args.repeats}: wall ours {r['ours_s']:.3f} s, torchvision "
+              f"{r['torchvision_s']:.3f} s, ratio ours/torchvision {r['ratio']:.3f}; CPU time ours "
+              f"{r['ours_cpu_s']:.3f} s, torchvision {r['torchvision_cpu_s']:.3f} s, ratio {r['cpu_ratio']:.3f} "
+              f"({_machine()})")  # fmt: skip
         return 0
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
         cfg = OmegaConf.to_container(compose("detect", args.overrides), resolve=True)
     loader = loader_images_per_second(cfg, batches=3 * args.steps)
     step = train_step_images_per_second(cfg, steps=args.steps)
     print(f"{cfg['backbone']['name']} {cfg['detector']['name']}: loader {loader:.1f} images/s "
-          f"({cfg['dataset']['workers']} workers), training step {step:.1f} images/s")  # fmt: skip
+          f"({cfg['dataset']['workers']} workers), training step {step:.1f} images/s ({_machine()})")  # fmt: skip
     return 0
+
+
+def _machine() -> str:
+    import torch
+
+    return f"{os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads, load average {os.getloadavg()[0]:.1f}"
 
 
 if __name__ == "__main__":
