@@ -87,7 +87,7 @@ class _Entry:
 _REGISTRY: dict[str, _Entry] = {}
 
 # Options handled by create_model itself, not passed to the builder.
-FACTORY_OPTIONS = ("pretrained", "features_only", "out_features", "norm", "frozen_stages")
+FACTORY_OPTIONS = ("pretrained", "features_only", "out_features", "norm", "frozen_stages", "channels_last")
 
 
 def _caller_site(depth: int = 3) -> str:

@@ -112,3 +112,8 @@ def test_new_classifier_size_when_fine_tuning(tmp_path):
     torch.save(m.state_dict(), path)
     m2 = backbones.create_model(name, pretrained=str(path), num_classes=3)
     assert m2(torch.randn(1, 3, 64, 64)).shape == (1, 3)
+
+
+def test_channels_last_must_be_a_bool():
+    with pytest.raises(TypeError, match="channels_last='yes' must be True or False"):
+        backbones.create_model("mobilenet_v1_x0_25", channels_last="yes")

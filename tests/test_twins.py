@@ -37,7 +37,7 @@ def test_twin_parity(name, lib, twin, tmp_path):
     randomize_bn_stats(ref)
     path = tmp_path / f"{twin}.pth"
     torch.save(ref.state_dict(), path)
-    ours = backbones.create_model(name, pretrained=str(path), reference_padding=True).eval()
+    ours = backbones.create_model(name, pretrained=str(path), reference_padding=True, channels_last=False).eval()
     side = max(PARITY_SIDE, backbones.model_card(name).input_size if is_heavy(name) else 0)
     x = torch.randn(2, 3, side, side, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
@@ -58,6 +58,7 @@ def test_twin_parity(name, lib, twin, tmp_path):
         name,
         pretrained=str(path),
         reference_padding=True,
+        channels_last=False,  # the twin's layout: the same maths in the same float32 order (layouts: test_models)
         features_only=True,
         out_features=backbones.create_model(name).feature_names,
     ).eval()

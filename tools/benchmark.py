@@ -64,6 +64,15 @@ def main(argv: list[str] | None = None) -> int:
         f"torch {torch.__version__}, device {args.device}"
         + (f" ({torch.cuda.get_device_name()})" if args.device.startswith("cuda") else "")
     )
+    print(
+        "# layout: "
+        + (
+            "ours and twin channels-last (--channels-last)"
+            if args.channels_last
+            else "ours channels-last parameters (the create_model default), twin contiguous (its default); "
+            "--channels-last puts both in channels-last, --option channels_last=False keeps ours contiguous"
+        )
+    )
     results = []
     for name in names:
         rs = compare(
