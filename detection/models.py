@@ -427,17 +427,62 @@ def convert_torchvision_state_dict(model: nn.Module, state: dict[str, Tensor]) -
     return out
 
 
-def load_detector_weights(model: nn.Module, source: str | os.PathLike | dict[str, Tensor]) -> None:
+_PREDICTOR = "roi_heads.box_predictor."
+
+
+def select_classes(state: dict[str, Tensor], label_to_cat: Mapping[int, int]) -> dict[str, Tensor]:
+    """Keep the rows of a Faster R-CNN box predictor whose class index is a category id of ``label_to_cat``.
+
+    torchvision's COCO detectors predict the COCO category id itself (91 outputs: background and ids 1..90 with
+    gaps); ours predict contiguous labels 1..K. Row 0 (background) and rows ``label_to_cat[1..K]`` of ``cls_score``,
+    and the matching 4-row blocks of ``bbox_pred``, become our rows 0..K.
+    """
+    rows = [0] + [int(label_to_cat[k]) for k in sorted(label_to_cat)]
+    cls_key = _PREDICTOR + "cls_score.weight"
+    if cls_key not in state:
+        raise KeyError(f"select_classes needs a Faster R-CNN state dict; {cls_key!r} is not in it")
+    n = state[cls_key].shape[0]
+    if max(rows) >= n:
+        raise ValueError(
+            f"category ids {sorted(r for r in rows if r >= n)[:10]} are beyond the checkpoint's {n} classes: the "
+            f"checkpoint does not predict category ids of this dataset"
+        )
+    box_rows = [4 * r + j for r in rows for j in range(4)]  # bbox_pred: (classes * 4, C), 4 deltas per class
+    out = dict(state)
+    for name in ("weight", "bias"):
+        out[_PREDICTOR + f"cls_score.{name}"] = state[_PREDICTOR + f"cls_score.{name}"][rows]
+        out[_PREDICTOR + f"bbox_pred.{name}"] = state[_PREDICTOR + f"bbox_pred.{name}"][box_rows]
+    return out
+
+
+def load_detector_weights(
+    model: nn.Module,
+    source: str | os.PathLike | dict[str, Tensor],
+    label_to_cat: Mapping[int, int] | None = None,
+) -> None:
     """Load our detector state dict, a Lightning checkpoint of one, or a torchvision detector's state dict.
 
     Files are read with ``torch.load(weights_only=True)``. Mismatched keys are named
     (:class:`backbones.CheckpointMismatchError`).
+
+    Args:
+        label_to_cat: the dataset's label -> category id mapping. When the checkpoint's box predictor has another
+            number of classes than ``model`` (torchvision's COCO detectors: one output per category id, 91), its
+            rows are picked by category id (:func:`select_classes`), so torchvision's COCO weights evaluate on a
+            COCO-format dataset with contiguous labels.
     """
     state = source if isinstance(source, dict) else read_state_dict(source)
     origin = "state dict" if isinstance(source, dict) else repr(os.fspath(source))
     own = model.state_dict()
     if not set(own) <= set(state):
         state = convert_torchvision_state_dict(model, state)
+    cls_key = _PREDICTOR + "cls_score.weight"
+    if label_to_cat is not None and cls_key in own and cls_key in state and own[cls_key].shape != state[cls_key].shape:
+        n = state[cls_key].shape[0]
+        state = select_classes(state, label_to_cat)
+        logger.info(
+            "%s: box predictor rows of %d category ids picked from its %d outputs", origin, len(label_to_cat), n
+        )
     for k, v in own.items():  # BN counters are absent from FrozenBN checkpoints (torchvision's detectors)
         if k.endswith("num_batches_tracked") and k not in state:
             state[k] = v

@@ -159,6 +159,36 @@ def test_torchvision_oracle_fasterrcnn_resnet50_fpn(tmp_path):
         assert torch.equal(o["labels"], e["labels"])
 
 
+def test_torchvision_coco_head_rows_picked_by_category_id(tmp_path):
+    """torchvision's COCO detector predicts category ids (91 outputs); loaded with the dataset's label_to_cat, our
+    K-class predictor computes exactly torchvision's background and category-id outputs."""
+    from torchvision.models import resnet50
+    from torchvision.models.detection import FasterRCNN
+    from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
+    from torchvision.ops.misc import FrozenBatchNorm2d
+
+    torch.manual_seed(0)
+    tv = FasterRCNN(_resnet_fpn_extractor(resnet50(norm_layer=FrozenBatchNorm2d), 3), num_classes=91).eval()
+    path = tmp_path / "tv.pth"
+    torch.save(tv.state_dict(), path)
+    label_to_cat = {1: 3, 2: 7, 3: 90}  # COCO-style gaps
+    ours = build_detector("resnet50", "faster_rcnn", num_classes=3, norm="frozen_bn").eval()
+    with pytest.raises(backbones.CheckpointMismatchError, match=r"cls_score.weight: checkpoint \(91, 1024\)"):
+        load_detector_weights(ours, path)  # without the mapping the head does not fit, and says so
+    load_detector_weights(ours, path, label_to_cat=label_to_cat)
+    x = torch.randn(5, 1024)
+    with torch.no_grad():
+        logits, deltas = ours.roi_heads.box_predictor(x)
+        tv_logits, tv_deltas = tv.roi_heads.box_predictor(x)
+    torch.testing.assert_close(logits, tv_logits[:, [0, 3, 7, 90]])
+    torch.testing.assert_close(deltas.reshape(5, 4, 4), tv_deltas.reshape(5, 91, 4)[:, [0, 3, 7, 90]])
+    torch.testing.assert_close(
+        ours.roi_heads.box_head(torch.ones(2, 256, 7, 7)), tv.roi_heads.box_head(torch.ones(2, 256, 7, 7))
+    )
+    with pytest.raises(ValueError, match=r"category ids \[95\] are beyond the checkpoint's 91 classes"):
+        load_detector_weights(ours, path, label_to_cat={1: 3, 2: 7, 3: 95})
+
+
 def test_image_mean_std_from_the_card():
     name = next(n for n in FAMILIES if backbones.model_card(n).mean != backbones.model_card("resnet50").mean)
     model = build_detector(name, {"name": "ssdlite", **SMALL["ssdlite"]}, num_classes=1)
