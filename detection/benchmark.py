@@ -60,14 +60,15 @@ def train_step_images_per_second(cfg: Mapping[str, Any], steps: int = 10) -> flo
 
 
 @torch.no_grad()
-def r50_fpn_inference_ratio(side: int = 800, repeats: int = 5) -> dict[str, float]:
+def r50_fpn_inference_ratio(side: int = 800, repeats: int = 5, channels_last: bool = True) -> dict[str, float]:
     """Median seconds per image of ours and torchvision's R50-FPN (same random weights, FrozenBN) and their ratio.
 
     Both models are in eval mode, resize to the same ``min_size=side`` (torchvision's 800 / 1333 at ``side=800``)
     and see the same ``side x 4/3 side`` image; the order alternates each repeat (ours first, then torchvision
     first) so neither always runs on a warmer cache.
     ``ratio`` is our time / torchvision's (< 1: ours is faster). ``cpu_ratio`` is the same for the process CPU time
-    (all threads), which other jobs on a shared machine disturb far less than the wall time.
+    (all threads), which other jobs on a shared machine disturb far less than the wall time. ``channels_last`` is
+    our backbone's layout (``backbones.create_model``'s default True; torchvision's stays contiguous).
     """
     from torchvision.models import resnet50
     from torchvision.models.detection import FasterRCNN
@@ -78,7 +79,9 @@ def r50_fpn_inference_ratio(side: int = 800, repeats: int = 5) -> dict[str, floa
 
     size = {"min_size": side, "max_size": round(side * 1333 / 800)}  # torchvision's 800 / 1333 at side=800
     tv = FasterRCNN(_resnet_fpn_extractor(resnet50(norm_layer=FrozenBatchNorm2d), 3), num_classes=91, **size).eval()
-    ours = build_detector("resnet50", {"name": "faster_rcnn", **size}, 90, norm="frozen_bn").eval()
+    ours = build_detector(
+        "resnet50", {"name": "faster_rcnn", **size}, 90, norm="frozen_bn", channels_last=channels_last
+    ).eval()
     ours.load_state_dict(convert_torchvision_state_dict(ours, tv.state_dict()))
     image = [torch.rand(3, side, side * 4 // 3, generator=torch.Generator().manual_seed(0))]
     ours(image), tv(image)  # warm-up

@@ -33,12 +33,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--r50-fpn", action="store_true", help="time R50-FPN inference, ours vs torchvision")
     ap.add_argument("--side", type=int, default=800, help="image side for --r50-fpn")
     ap.add_argument("--repeats", type=int, default=5, help="timed inferences per model for --r50-fpn")
+    ap.add_argument("--contiguous", action="store_true", help="--r50-fpn with our backbone not channels-last")
     ap.add_argument("--steps", type=int, default=10)
     args = ap.parse_args(argv)
     if args.r50_fpn:
-        r = r50_fpn_inference_ratio(args.side, args.repeats)
-        print(f"R50-FPN {args.side}px, median of {args.repeats}: wall ours {r['ours_s']:.3f} s, torchvision "
-              f"{r['torchvision_s']:.3f} s, ratio ours/torchvision {r['ratio']:.3f}; CPU time ours "
+        r = r50_fpn_inference_ratio(args.side, args.repeats, channels_last=not args.contiguous)
+        layout = "contiguous" if args.contiguous else "channels-last"
+        print(f"R50-FPN {args.side}px, ours {layout}, median of {args.repeats}: wall ours {r['ours_s']:.3f} s, "
+              f"torchvision {r['torchvision_s']:.3f} s, ratio ours/torchvision {r['ratio']:.3f}; CPU time ours "
               f"{r['ours_cpu_s']:.3f} s, torchvision {r['torchvision_cpu_s']:.3f} s, ratio {r['cpu_ratio']:.3f} "
               f"({_machine()})")  # fmt: skip
         return 0
