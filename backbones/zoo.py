@@ -127,7 +127,7 @@ def backbone_conf(name: str) -> str:
         "pretrained: false     # true: the timm/torchvision twin's weights (network); or a path to a state dict\n"
         "norm: bn              # bn | frozen_bn | sync_bn | gn\n"
         "frozen_stages: -1     # -1 none, 0 stem, k stem + k stages\n"
-        "options: {}           # more create_model options, e.g. {drop_path_rate: 0.1}\n"
+        "options: {}           # more create_model options: +backbone.options.drop_path_rate=0.1 on the command line\n"
     )
 
 
