@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from torch.utils.data import BatchSampler, DataLoader, DistributedSampler
 
 import backbones
+from detection.module import ResumableTrainData
 
 from .data import ClassificationData, build_datasets, collate_skip_bad
 from .recipes import (
@@ -281,7 +282,7 @@ def first_occurrence(index: Tensor) -> Tensor:
     return order[first]
 
 
-class ClassificationDataModule(L.LightningDataModule):
+class ClassificationDataModule(ResumableTrainData, L.LightningDataModule):
     """Loaders over :func:`classification.data.build_datasets`; the datasets are built once, on first use.
 
     The loaders shard across ranks themselves (the Trainer gets ``use_distributed_sampler=False``): training
@@ -326,11 +327,9 @@ class ClassificationDataModule(L.LightningDataModule):
         }
 
     def train_dataloader(self) -> DataLoader:
-        from detection.module import ResumableDataLoader
-
         ds = self.data.train
         batches = BatchSampler(self._sampler(ds, True), self.batch_size, drop_last=len(ds) > self.batch_size)
-        return ResumableDataLoader(ds, batches, trainer=self.trainer, **self._loader_args())
+        return self.resumable_loader(ds, batches, **self._loader_args())
 
     def val_dataloader(self) -> DataLoader:
         ds = self.data.val

@@ -9,6 +9,7 @@ temporary name and renamed (:class:`AtomicCheckpointIO`), and a progress bar who
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import logging
 import os
@@ -54,8 +55,27 @@ CHECKPOINT_KEYS = ("every_n_epochs", "every_n_train_steps", "save_last", "save_t
 LOGGERS = ("tensorboard", "csv")
 
 
+def _remove_stale_temporaries(path: str) -> None:
+    """Delete ``<path>.tmp<pid>`` files left by writers killed mid-write (no such process runs any more)."""
+    import glob
+
+    for tmp in glob.glob(glob.escape(path) + ".tmp*"):
+        pid = tmp[len(path) + 4 :]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            logger.info("removing %s, left by a writer that was killed", tmp)
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(tmp)
+        except PermissionError:  # a live process of another user
+            pass
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Writes each checkpoint to ``<path>.tmp`` then renames it, so a crash never leaves a half-written file.
+    """Writes each checkpoint to ``<path>.tmp<pid>``, fsyncs and renames it, so a crash never leaves a half-written
+    ``<path>``; a temporary file of a writer killed mid-write is deleted at the next save.
 
     Loading uses ``torch.load(weights_only=True)``: a checkpoint holding pickled objects is refused.
     """
@@ -65,6 +85,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             raise TypeError(f"storage_options={storage_options!r} is not supported by {type(self).__name__}")
         path = os.fspath(path)
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        _remove_stale_temporaries(path)
         tmp = f"{path}.tmp{os.getpid()}"
         try:
             with open(tmp, "wb") as f:
@@ -135,13 +156,16 @@ class ResumableDataLoader(DataLoader):
     """A training loader that a mid-epoch checkpoint resumes at the next batch of the same epoch's order.
 
     Lightning restores its batch counters from a checkpoint but re-reads the epoch from its first batch, and creates
-    the first iterator before it sets the sampler epoch. It treats a loader with ``state_dict`` / ``load_state_dict``
-    as resumable and loads that state before creating the iterator, so this loader records the sampler epoch and the
-    batches the training loop has taken in it (``batch_progress.current.ready``: it counts the batch being trained
-    when a checkpoint is saved on_train_batch_end, and every batch of the epoch at its end; batches the prefetching
-    fetcher holds are not counted). Loading sets the sampler epoch and makes the next iteration skip those batches;
-    a finished epoch resumes at the start of the next one. ``len()`` stays the full epoch: Lightning counts the
-    skipped batches as fetched. Every rank loads the same state (the sampler shards by rank).
+    the first iterator before it sets the sampler epoch. This loader's ``state_dict`` records the sampler epoch and
+    the batches the training loop has taken in it (``batch_progress.current.ready``: it counts the batch being
+    trained when a checkpoint is saved on_train_batch_end, and every batch of the epoch at its end; batches the
+    prefetching fetcher holds are not counted). ``load_state_dict`` sets the sampler epoch and makes the next
+    iteration skip those batches; a finished epoch resumes at the start of the next one. ``len()`` stays the full
+    epoch: Lightning counts the skipped batches as fetched. Every rank loads the same state (the sampler shards).
+
+    Lightning calls ``load_state_dict`` itself only when it creates the loader after restoring the checkpoint; a
+    module whose ``configure_optimizers`` reads ``trainer.estimated_stepping_batches`` makes it create the loader
+    (and its iterator) before. :class:`ResumableTrainData` covers both orders.
 
     Args:
         dataset: map-style dataset.
@@ -165,6 +189,7 @@ class ResumableDataLoader(DataLoader):
         return state
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Idempotent: loading the same state twice (Lightning's path and :class:`ResumableTrainData`'s) is once."""
         epoch, skip = int(state["epoch"]), int(state["batches_done"])
         if state["epoch_complete"]:
             epoch, skip = epoch + 1, 0
@@ -178,6 +203,51 @@ class ResumableDataLoader(DataLoader):
             )
         self.batch_sampler.resume_at(epoch, skip)
         logger.info("train loader resumes at epoch %d, batch %d of %d", epoch, skip, len(self))
+
+
+class ResumableTrainData:
+    """Mixin for a ``LightningDataModule`` whose ``train_dataloader`` returns :meth:`resumable_loader`.
+
+    The train loader's position goes into the checkpoint as the datamodule's state, which Lightning restores before
+    it requests any loader, so the loader starts at the checkpoint's position whenever it is created.
+    """
+
+    _train_loader: ResumableDataLoader | None = None
+    _train_resume: Mapping[str, Any] | None = None
+
+    def resumable_loader(self, dataset: Any, batch_sampler: Any, **kwargs: Any) -> ResumableDataLoader:
+        loader = ResumableDataLoader(dataset, batch_sampler, trainer=self.trainer, **kwargs)  # type: ignore[attr-defined]
+        if self._train_resume is not None:
+            loader.load_state_dict(self._train_resume)
+            self._train_resume = None
+        self._train_loader = loader
+        return loader
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"train_loader": self._train_loader.state_dict()} if self._train_loader is not None else {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self._train_resume = state.get("train_loader")
+
+
+class EpochProgressRepair(Callback):
+    """Works around a Lightning 2.6 restart bug that would lose the data position of a later resume.
+
+    Resumed from a checkpoint saved after an epoch's last batch (``every_n_train_steps`` landing there), the fit
+    loop moves to the next epoch without counting it ready and started (nor calling ``on_train_epoch_start``). A
+    checkpoint saved in that epoch then has ``ready == started == processed``, which Lightning reads as "that epoch
+    had finished": it resumes the epoch at batch 0 while the loader continues at the saved batch, and the next
+    checkpoint records a wrong position. During a training batch the count must be ``processed + 1``; this restores
+    it at the first batch.
+    """
+
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        progress = trainer.fit_loop.epoch_progress
+        if progress.current.ready == progress.current.processed:
+            progress.increment_ready()
+            progress.increment_started()
 
 
 class RunProgressBar(TQDMProgressBar):
@@ -303,7 +373,7 @@ def build_trainer(
                 save_top_k=ckpt_cfg.get("save_top_k", 1),
             )
         )
-    cbs += list(callbacks)
+    cbs += [EpochProgressRepair(), *callbacks]
     if loggers:
         cbs.append(LearningRateMonitor(logging_interval="step"))
     progress = bool(cfg.get("progress_bar", True))
@@ -333,7 +403,7 @@ class NonFiniteLossError(RuntimeError):
     """Training stopped because the loss is NaN or infinite; the message names the step and the last checkpoint."""
 
 
-class DetectionDataModule(L.LightningDataModule):
+class DetectionDataModule(ResumableTrainData, L.LightningDataModule):
     """Train / val COCO-format datasets from a ``dataset`` config group; shards them across ranks itself.
 
     ``dataset.name == "shapes"`` generates the synthetic set into ``dataset.root`` on first use (``prepare_data``);
@@ -403,7 +473,7 @@ class DetectionDataModule(L.LightningDataModule):
             return self.trainer.global_rank, self.trainer.world_size
         return 0, 1
 
-    def _loader(self, dataset: Any, loader: type[DataLoader] = DataLoader, **kw: Any) -> DataLoader:
+    def _loader(self, dataset: Any, loader: Any = DataLoader, **kw: Any) -> DataLoader:
         from .data import collate
 
         workers = int(self.cfg.get("workers", 2))
@@ -418,7 +488,7 @@ class DetectionDataModule(L.LightningDataModule):
         sampler = DistributedSampler(self.train_set, num_replicas=world, rank=rank, shuffle=True, seed=self.seed)
         groups = aspect_ratio_groups(self.train_set, int(self.cfg.get("aspect_ratio_group_factor", 3)))
         batches = GroupedBatchSampler(sampler, groups, int(self.cfg["batch_size"]))
-        return self._loader(self.train_set, ResumableDataLoader, batch_sampler=batches, trainer=self.trainer)
+        return self._loader(self.train_set, self.resumable_loader, batch_sampler=batches)
 
     def val_dataloader(self) -> torch.utils.data.DataLoader:
         from .data import ShardSampler

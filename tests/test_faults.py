@@ -16,6 +16,7 @@ import os
 import pickle
 import random
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -25,7 +26,7 @@ import torch
 from torch import nn
 from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, TensorDataset
 
-from detection.module import AtomicCheckpointIO, ResumableDataLoader, build_trainer
+from detection.module import AtomicCheckpointIO, ResumableDataLoader, ResumableTrainData, build_trainer
 
 # ---- a toy run on Lightning's real loops ----------------------------------------------------------------------------
 N_SAMPLES = 22  # batch 4: 6 batches per epoch, the last one short
@@ -36,9 +37,14 @@ class Crash(RuntimeError):
 
 
 class Toy(L.LightningModule):
-    def __init__(self) -> None:
+    """``configure_optimizers`` reads ``estimated_stepping_batches`` (as the detection and classification modules do)
+    unless ``early=False``: that makes Lightning create the train loader and its iterator before it restores the
+    checkpoint's loop state, and so never call the loader's ``load_state_dict``."""
+
+    def __init__(self, early: bool = True) -> None:
         super().__init__()
         self.lin = nn.Linear(1, 1)
+        self.early = early
 
     def training_step(self, batch, batch_idx):
         x, _ = batch
@@ -49,22 +55,22 @@ class Toy(L.LightningModule):
 
     def configure_optimizers(self):
         opt = torch.optim.SGD(self.parameters(), lr=0.1)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0 / (1 + step))  # a different LR every step
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        total = self.trainer.estimated_stepping_batches if self.early else 100
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: (1 - step / (total + 1)) / (1 + step))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}  # a new LR every step
 
 
-class ToyData(L.LightningDataModule):
+class ToyData(ResumableTrainData, L.LightningDataModule):
     def __init__(self, workers: int = 0) -> None:
         super().__init__()
         self.workers = workers
-        self.ds = TensorDataset(
-            torch.arange(N_SAMPLES, dtype=torch.float32)[:, None] / N_SAMPLES, torch.arange(N_SAMPLES)
-        )
+        x = torch.arange(N_SAMPLES, dtype=torch.float32)[:, None] / N_SAMPLES
+        self.ds = TensorDataset(x, torch.arange(N_SAMPLES))
 
     def train_dataloader(self):
         sampler = DistributedSampler(self.ds, num_replicas=1, rank=0, shuffle=True, seed=7)
         loader_args = {"num_workers": self.workers, "persistent_workers": self.workers > 0}
-        return ResumableDataLoader(self.ds, BatchSampler(sampler, 4, drop_last=False), self.trainer, **loader_args)
+        return self.resumable_loader(self.ds, BatchSampler(sampler, 4, drop_last=False), **loader_args)
 
     def val_dataloader(self):
         return DataLoader(self.ds, batch_size=11)
@@ -95,48 +101,68 @@ def assert_same_steps(got: dict, reference: dict, what: str = "") -> None:
         assert got[step][2] == pytest.approx(lr, rel=1e-12), f"{what} step {step}: LR"
 
 
-def toy_fit(out: Path, trainer_cfg: dict, recorder: Recorder, ckpt: str | None = None, workers: int = 0) -> L.Trainer:
+def toy_fit(
+    out: Path, trainer_cfg: dict, recorder: Recorder, ckpt: str | None = None, workers: int = 0, early: bool = True
+) -> L.Trainer:
     cfg = {"accelerator": "cpu", "loggers": [], "progress_bar": False, "num_sanity_val_steps": 0, **trainer_cfg}
     trainer = build_trainer(cfg, out, callbacks=[recorder], enable_model_summary=False)
-    trainer.fit(Toy(), datamodule=ToyData(workers), ckpt_path=ckpt, weights_only=True)
+    trainer.fit(Toy(early), datamodule=ToyData(workers), ckpt_path=ckpt, weights_only=True)
     return trainer
 
 
 RESTART_CASES = {
-    # name: (trainer config, crash before this global step)
-    "after_batch_mid_epoch": ({"max_epochs": 4, "checkpoint": {"every_n_train_steps": 1}}, 15),
-    "after_batch_every_2": ({"max_epochs": 4, "checkpoint": {"every_n_train_steps": 2}}, 16),
-    "after_last_batch_of_epoch": ({"max_epochs": 4, "checkpoint": {"every_n_train_steps": 6}}, 13),
-    "validation_end_of_epoch": ({"max_epochs": 4, "checkpoint": {"every_n_epochs": 1}}, 15),
-    "train_epoch_end_no_val": ({"max_epochs": 4, "limit_val_batches": 0, "checkpoint": {"every_n_epochs": 1}}, 15),
-    "validation_mid_epoch": ({"max_epochs": 4, "val_check_interval": 4, "checkpoint": {"every_n_epochs": 1}}, 17),
-    "limit_train_batches": ({"max_epochs": 5, "limit_train_batches": 4, "checkpoint": {"every_n_train_steps": 3}}, 11),
+    # name: (trainer config, crash before these global steps, one crash per run, then resume; 6 batches per epoch)
+    "after_batch_mid_epoch": ({"max_epochs": 4, "checkpoint": {"every_n_train_steps": 1}}, [15]),
+    "after_batch_every_2": ({"max_epochs": 4, "checkpoint": {"every_n_train_steps": 2}}, [16]),
+    "after_last_batch_of_epoch": ({"max_epochs": 4, "checkpoint": {"every_n_train_steps": 6}}, [13]),
+    # Lightning 2.6, resumed at an epoch's last batch, leaves the next epoch uncounted as started; a checkpoint of it
+    # then resumes as a fresh epoch (batch 0), and the one after that records the wrong position
+    "after_last_batch_then_mid_epoch": (
+        {"max_epochs": 4, "limit_val_batches": 0, "checkpoint": {"every_n_train_steps": 2}},
+        [13, 15, 17],
+    ),
+    "validation_end_of_epoch": ({"max_epochs": 4, "checkpoint": {"every_n_epochs": 1}}, [15, 20]),
+    "train_epoch_end_no_val": (
+        {"max_epochs": 4, "limit_val_batches": 0, "checkpoint": {"every_n_epochs": 1}},
+        [15, 20],
+    ),
+    "validation_mid_epoch": ({"max_epochs": 4, "val_check_interval": 4, "checkpoint": {"every_n_epochs": 1}}, [17, 22]),
+    "limit_train_batches": (
+        {"max_epochs": 5, "limit_train_batches": 4, "checkpoint": {"every_n_train_steps": 3}},
+        [11, 14],
+    ),
 }
 
 
-@pytest.mark.parametrize("case", list(RESTART_CASES))
-def test_resume_continues_data_order_and_lr_step_for_step(case, tmp_path):
-    trainer_cfg, crash_at = RESTART_CASES[case]
+@pytest.mark.parametrize(
+    "case, early",
+    [(case, True) for case in RESTART_CASES] + [("after_batch_mid_epoch", False), ("validation_mid_epoch", False)],
+    ids=[*RESTART_CASES, "after_batch_mid_epoch-loader_after_restore", "validation_mid_epoch-loader_after_restore"],
+)
+def test_resume_continues_data_order_and_lr_step_for_step(case, early, tmp_path):
+    trainer_cfg, crashes = RESTART_CASES[case]
     reference = Recorder()
-    ref_trainer = toy_fit(tmp_path / "ref", trainer_cfg, reference)
-    total = ref_trainer.global_step
+    total = toy_fit(tmp_path / "ref", trainer_cfg, reference, early=early).global_step
 
-    first = Recorder(crash_at=crash_at)
-    with pytest.raises(Crash):
-        toy_fit(tmp_path / "run", trainer_cfg, first)
     last = tmp_path / "run" / "checkpoints" / "last.ckpt"
-    saved = torch.load(last, weights_only=True)
-    step = saved["global_step"]
-    assert 0 < step < total, f"{case}: the crash must come after a checkpoint and before the end (step {step})"
-    state = saved["loops"]["fit_loop"]["state_dict"]["combined_loader"][0]
-    assert set(state) == {"epoch", "batches_done", "epoch_complete", "num_batches"}
-
-    resumed = Recorder()
-    toy_fit(tmp_path / "run", trainer_cfg, resumed, ckpt=str(last))
-    assert resumed.first_step == step
-    stitched = {s: v for s, v in first.steps.items() if s < step} | resumed.steps
+    stitched: dict = {}
+    for crash_at in [*crashes, None]:
+        ckpt = str(last) if last.is_file() else None
+        step = torch.load(last, weights_only=True)["global_step"] if ckpt else 0
+        rec = Recorder(crash_at=crash_at)
+        if crash_at is None:
+            toy_fit(tmp_path / "run", trainer_cfg, rec, ckpt=ckpt, early=early)
+        else:
+            with pytest.raises(Crash):
+                toy_fit(tmp_path / "run", trainer_cfg, rec, ckpt=ckpt, early=early)
+        assert rec.first_step == step, f"{case}: the run resumed at step {rec.first_step}, its checkpoint is at {step}"
+        stitched = {s: v for s, v in stitched.items() if s < step} | rec.steps
+        if crash_at is not None:
+            saved = torch.load(last, weights_only=True)
+            assert step < saved["global_step"] <= crash_at, f"{case}: no checkpoint before the crash at {crash_at}"
+            assert set(saved["ToyData"]["train_loader"]) == {"epoch", "batches_done", "epoch_complete", "num_batches"}
     assert sorted(stitched) == list(range(total))
-    assert_same_steps(stitched, reference.steps, f"{case} (checkpoint at step {step}):")
+    assert_same_steps(stitched, reference.steps, f"{case}:")
 
 
 def test_resume_with_loader_workers(tmp_path):
@@ -154,16 +180,17 @@ def test_resume_with_loader_workers(tmp_path):
 
 
 def test_final_checkpoint_resumes_into_the_next_epoch(tmp_path):
-    """The ``last.ckpt`` saved after fit (as ``detection.module.run`` does) continues with more epochs."""
+    """The ``last.ckpt`` saved after fit (as ``detection.module.run`` does) continues with more epochs. (The LR
+    schedule here does not depend on the run length, which this resume changes.)"""
     reference = Recorder()
-    toy_fit(tmp_path / "ref", {"max_epochs": 3}, reference)
+    toy_fit(tmp_path / "ref", {"max_epochs": 3}, reference, early=False)
     first = Recorder()
-    trainer = toy_fit(tmp_path / "run", {"max_epochs": 2}, first)
+    trainer = toy_fit(tmp_path / "run", {"max_epochs": 2}, first, early=False)
     last = tmp_path / "run" / "checkpoints" / "last.ckpt"
     trainer.save_checkpoint(last)
     assert torch.load(last, weights_only=True)["global_step"] == 12
     resumed = Recorder()
-    toy_fit(tmp_path / "run", {"max_epochs": 3}, resumed, ckpt=str(last))
+    toy_fit(tmp_path / "run", {"max_epochs": 3}, resumed, ckpt=str(last), early=False)
     assert resumed.first_step == 12
     assert_same_steps(first.steps | resumed.steps, reference.steps)
 
@@ -172,12 +199,12 @@ def test_run_cut_by_max_steps_continues_the_cut_epoch(tmp_path):
     """A run stopped by ``max_steps`` mid-epoch resumes at the next batch of that epoch's order. (Lightning counts
     the cut epoch as finished, so it numbers the resumed rest one epoch higher; the batches are the right ones.)"""
     reference = Recorder()
-    toy_fit(tmp_path / "ref", {"max_epochs": 3}, reference)
-    trainer = toy_fit(tmp_path / "run", {"max_steps": 8, "max_epochs": 3}, Recorder())
+    toy_fit(tmp_path / "ref", {"max_epochs": 3}, reference, early=False)
+    trainer = toy_fit(tmp_path / "run", {"max_steps": 8, "max_epochs": 3}, Recorder(), early=False)
     last = tmp_path / "run" / "checkpoints" / "last.ckpt"
     trainer.save_checkpoint(last)
     resumed = Recorder()
-    toy_fit(tmp_path / "run", {"max_steps": 12, "max_epochs": 3}, resumed, ckpt=str(last))
+    toy_fit(tmp_path / "run", {"max_steps": 12, "max_epochs": 3}, resumed, ckpt=str(last), early=False)
     assert sorted(resumed.steps) == [8, 9, 10, 11]  # batches 2..5 of epoch 1
     for step, (_, ids, lr) in resumed.steps.items():
         assert ids == reference.steps[step][1] and lr == pytest.approx(reference.steps[step][2], rel=1e-12)
@@ -248,6 +275,16 @@ def test_atomic_save_leaves_the_old_file_when_the_write_fails(tmp_path):
     assert not list(path.parent.glob("*.tmp*"))
 
 
+def test_temporary_file_of_a_killed_writer_is_removed_at_the_next_save(tmp_path):
+    path = tmp_path / "last.ckpt"
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # its pid now belongs to no process
+    stale = tmp_path / f"last.ckpt.tmp{dead.pid}"
+    stale.write_bytes(b"half a checkpoint")
+    AtomicCheckpointIO().save_checkpoint({"step": torch.tensor(3)}, path)
+    assert not stale.exists() and torch.load(path, weights_only=True)["step"] == 3
+
+
 def test_detection_checkpoint_of_another_backbone_names_the_keys(tmp_path):
     """``checkpoint=<a Lightning checkpoint of another backbone's detector>`` names the keys that do not fit."""
     import backbones
@@ -265,6 +302,9 @@ def test_detection_checkpoint_of_another_backbone_names_the_keys(tmp_path):
 
 
 # ---- SIGKILL a real detection run -----------------------------------------------------------------------------------
+MIN_KILLS = 10
+
+
 @pytest.mark.slow
 def test_sigkill_at_random_moments_resumes_at_the_same_data_position_and_lr(tmp_path):
     """>= 10 SIGKILLs at seeded random moments (one while a checkpoint's temporary file exists), each followed by
@@ -272,38 +312,48 @@ def test_sigkill_at_random_moments_resumes_at_the_same_data_position_and_lr(tmp_
     per-step record (image ids, LR) equals an uninterrupted run's; a step trained twice saw the same batch and LR."""
     from tiny_runs import read_lines, read_records, run_driver, start_driver, tiny
 
-    overrides = [*tiny(tmp_path, steps=-1), "solver.epochs=6", "solver.warmup_iters=3",
+    epochs, steps_per_epoch = 7, 4  # 16 images, batch 4
+    overrides = [*tiny(tmp_path, steps=-1), f"solver.epochs={epochs}", "solver.warmup_iters=3",
                  "trainer.checkpoint.every_n_train_steps=2", "trainer.limit_val_batches=0",
                  "trainer.progress_bar=false", "trainer.loggers=[]"]  # fmt: skip
     run_driver(overrides, tmp_path / "reference")
     reference = read_records(tmp_path / "reference")
-    total = 24  # 16 images, batch 4, 6 epochs
+    total = epochs * steps_per_epoch
     assert sorted(reference) == list(range(total))
 
     rng = random.Random(0)
     run_dir = tmp_path / "run"
     ckpt_dir = run_dir / "checkpoints"
     last = ckpt_dir / "last.ckpt"
-    kills, during_write, lost, starts = 0, 0, [], []
+    kills, during_write, lost, starts, seen = 0, 0, [], [], []
     while True:
         step0 = torch.load(last, weights_only=True)["global_step"] if last.is_file() else 0
         proc = start_driver([*overrides, f"resume={'true' if last.is_file() else 'null'}"], run_dir)
-        write_kill = during_write == 0 and kills >= 2  # poll for the temporary file and kill at once
-        delay = rng.uniform(0.0, 2.5)  # seconds after the first step of this run
-        started = None
+        launched = time.monotonic()
+        # the moment: while a checkpoint is being written (once, after 2 kills), or after 1-3 more trained steps and a
+        # fraction of a step, or (1 in 5) any time from the launch to a few steps in, start-up included
+        mode = "none" if kills >= MIN_KILLS + 2 else "write" if kills >= 2 and not during_write else "steps"
+        if mode == "steps" and rng.random() < 0.2:
+            mode, delay = "time", rng.uniform(0.0, 12.0)
+        n_steps, extra = rng.randint(1, 3), rng.uniform(0.0, 0.3)
+        reached = None
         try:
-            while proc.poll() is None:
-                if write_kill and any(ckpt_dir.glob("*.tmp*")):
-                    os.kill(proc.pid, signal.SIGKILL)
-                    during_write += 1
+            while proc.poll() is None and mode != "none":
+                if mode == "write" and (ckpt_dir / f"last.ckpt.tmp{proc.pid}").exists():
                     break
-                if started is None and read_records(run_dir, pid=proc.pid):
-                    started = time.monotonic()
-                if not write_kill and started is not None and time.monotonic() - started > delay:
-                    os.kill(proc.pid, signal.SIGKILL)
+                if mode == "time" and time.monotonic() - launched > delay:
                     break
-                time.sleep(0.001 if write_kill else 0.02)
+                if mode == "steps":
+                    if reached is None and len(read_records(run_dir, pid=proc.pid)) >= n_steps:
+                        reached = time.monotonic()
+                    if reached is not None and time.monotonic() - reached > extra:
+                        break
+                time.sleep(0.001 if mode == "write" else 0.01)
+            if proc.poll() is None and mode != "none":
+                os.kill(proc.pid, signal.SIGKILL)
             rc = proc.wait(timeout=600)
+            # a kill during a write leaves that writer's temporary file (not yet renamed to last.ckpt) behind
+            during_write += mode == "write" and (ckpt_dir / f"last.ckpt.tmp{proc.pid}").exists()
         finally:
             if proc.poll() is None:
                 proc.kill()
@@ -314,11 +364,13 @@ def test_sigkill_at_random_moments_resumes_at_the_same_data_position_and_lr(tmp_
             break
         assert rc == -signal.SIGKILL, (run_dir / "driver.log").read_text()[-4000:]
         kills += 1
-        assert kills < 40, "the run made no progress between kills"
-        saved = torch.load(last, weights_only=True)  # complete: it loads, and holds only tensors and plain types
-        lost.append((max(mine) + 1 if mine else step0) - saved["global_step"])
-    assert kills >= 10 and during_write >= 1, (kills, during_write)
+        # complete: it loads, and holds only tensors and plain types (none yet if killed before the first one)
+        saved = torch.load(last, weights_only=True)["global_step"] if last.is_file() else 0
+        seen.append(saved)
+        lost.append((max(mine) + 1 if mine else step0) - saved)
+    assert kills >= MIN_KILLS and during_write == 1, (kills, during_write)
     assert all(first == step0 for first, step0 in starts), starts  # each run started at its checkpoint's step
+    assert seen == sorted(seen)
     by_step: dict[int, list] = {}
     for r in read_lines(run_dir):
         by_step.setdefault(r["step"], []).append((r["ids"], r["lr"]))
