@@ -332,6 +332,14 @@ def build_trainer(
             raise ValueError(f"unknown logger {name!r} in trainer.loggers; valid: {', '.join(LOGGERS)}")
     if mode not in ("max", "min"):
         raise ValueError(f"mode={mode!r} is not valid; use 'max' or 'min'")
+    devices = cfg.get("devices", 1)
+    procs = int(devices) if str(devices).isdigit() else len(devices) if isinstance(devices, list) else 1
+    if cfg.get("sync_batchnorm") and cfg.get("accelerator") == "cpu" and procs * int(cfg.get("num_nodes") or 1) > 1:
+        raise ValueError(
+            "trainer.sync_batchnorm=true turns BatchNorm into torch.nn.SyncBatchNorm, which runs on GPUs only (it "
+            "refuses CPU tensors once processes are synchronised); for CPU processes use backbone.norm=frozen_bn or "
+            "backbone.norm=gn, or trainer.sync_batchnorm=false"
+        )
 
     out = Path(output_dir)
     args = {k: cfg[k] for k in TRAINER_ARGS if k in cfg and cfg[k] is not None}

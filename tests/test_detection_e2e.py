@@ -1,7 +1,7 @@
 """End to end: tools/train_net.py (Hydra -> library -> Lightning) on a tiny shapes set; resume, eval-only, NaN stop.
 
-The unmarked tests train a few steps at 64 px; the slow ones run the default configuration, DDP on two CPU
-processes, and nasnet_a_large.
+The unmarked tests train a few steps at 64 px; the slow ones run the default configuration and nasnet_a_large.
+DDP, torchrun and SLURM: tests/test_distributed.py; kills and resume: tests/test_faults.py.
 """
 
 from __future__ import annotations
@@ -87,23 +87,6 @@ def test_resume_without_checkpoint_names_the_path(tmp_path):
     cfg = compose_cfg([*tiny(tmp_path), "resume=true"])
     with pytest.raises(FileNotFoundError, match="checkpoints/last.ckpt"):
         run(cfg, tmp_path / "fresh")
-
-
-@pytest.mark.slow
-def test_ddp_two_processes_one_run_dir(tmp_path):
-    """trainer.devices=2 on CPU (gloo): one run dir, rank-0 files only, each val image evaluated exactly once."""
-    run_dir = tmp_path / "run"
-    cmd = [
-        sys.executable, str(ROOT / "tools" / "train_net.py"), *tiny(tmp_path), "dataset.generate.num_val=7",
-        "trainer.devices=2", "trainer.strategy=ddp", f"hydra.run.dir={run_dir}", "trainer.progress_bar=false",
-    ]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert json.loads((run_dir / "eval" / "metrics.json").read_text())["images"] == 7
-    assert len(list(run_dir.glob("*/.hydra"))) == 0 and (run_dir / ".hydra").is_dir()
-    assert len(list((run_dir / "csv").glob("version_*"))) == 1
-    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
 
 
 @pytest.mark.slow

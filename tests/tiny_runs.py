@@ -7,9 +7,9 @@ As a module: :func:`tiny` (overrides for a detection run of seconds), :func:`com
 
 runs ``detection.module.run`` / ``classification.module.run`` with a :class:`Recorder` callback: every trained step
 appends a JSON line (pid, global rank, step, the batch's image ids or sample indices, the learning rate it used,
-its loss) to ``<run dir>/records/rank<r>.jsonl``, and the end of fit saves each rank's flattened parameters to
-``<run dir>/records/params_rank<r>.pt``. A script file (not ``python -c``) because Lightning re-launches
-``sys.argv`` for its DDP processes.
+its loss) to ``<run dir>/records/rank<r>.jsonl``; the start of training and the end of fit save each rank's
+flattened parameters to ``<run dir>/records/params_start_rank<r>.pt`` and ``params_rank<r>.pt``. A script file
+(not ``python -c``) because Lightning re-launches ``sys.argv`` for its DDP processes.
 """
 
 from __future__ import annotations
@@ -121,9 +121,16 @@ def _recorder():
             with open(self.dir / f"rank{trainer.global_rank}.jsonl", "a") as f:
                 f.write(json.dumps(rec) + "\n")
 
-        def on_fit_end(self, trainer, module) -> None:
+        def _save_params(self, trainer, module, name: str) -> None:
+            self.dir.mkdir(parents=True, exist_ok=True)
             flat = torch.cat([p.detach().reshape(-1).cpu() for p in module.parameters()])
-            torch.save(flat, self.dir / f"params_rank{trainer.global_rank}.pt")
+            torch.save(flat, self.dir / f"{name}_rank{trainer.global_rank}.pt")
+
+        def on_train_start(self, trainer, module) -> None:
+            self._save_params(trainer, module, "params_start")
+
+        def on_fit_end(self, trainer, module) -> None:
+            self._save_params(trainer, module, "params")
 
     return Recorder
 
