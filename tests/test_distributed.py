@@ -193,3 +193,58 @@ def test_two_nodes_by_torchrun_complete_a_run_in_one_run_dir(tmp_path):
     assert metrics["images"] == 7 and metrics["step"] == 3
     assert_one_run_dir(run_dir, tmp_path)
     assert not os.environ.get("RANK")  # the test process itself is no rank
+
+
+# ---- SLURM (no cluster here: the config, and what Lightning reads from an srun task) -------------------------------
+SLURM_TASK = {  # task 3 of an `srun` over 2 nodes x 2 tasks
+    "SLURM_JOB_ID": "4242", "SLURM_JOB_NAME": "detect", "SLURM_NTASKS": "4", "SLURM_NNODES": "2",
+    "SLURM_NTASKS_PER_NODE": "2", "SLURM_PROCID": "3", "SLURM_LOCALID": "1", "SLURM_NODEID": "1",
+    "SLURM_NODELIST": "gpu[07-08]",
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("task", ["detect", "classify"])
+def test_slurm_preset_composes_with_the_submitit_launcher(task, monkeypatch):
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="pip install -e '.[slurm]'")
+    from hydra import compose, initialize_config_dir
+
+    overrides = ["hydra/launcher=submitit_slurm", "trainer=slurm", "hydra.launcher.nodes=2",
+                 "hydra.launcher.tasks_per_node=2", "hydra.launcher.gpus_per_node=2"]  # fmt: skip
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose(task, overrides, return_hydra_config=True)
+    launcher = cfg.hydra.launcher
+    assert launcher._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+    assert (launcher.nodes, launcher.tasks_per_node, launcher.gpus_per_node) == (2, 2, 2)
+    t = cfg.trainer
+    assert (t.accelerator, t.strategy, t.precision) == ("gpu", "ddp", "bf16-mixed")
+    assert (t.num_nodes, t.devices) == (1, 8)  # outside a SLURM job
+    for k, v in SLURM_TASK.items():
+        monkeypatch.setenv(k, v)
+    assert (t.num_nodes, t.devices) == (2, 2)  # inside one: the allocation's layout
+
+
+def test_under_srun_lightning_takes_ranks_and_address_from_slurm(monkeypatch, tmp_path):
+    """What each task of the README's sbatch script builds: a Trainer whose cluster environment is SLURM's."""
+    from lightning.pytorch.plugins.environments import SLURMEnvironment
+    from omegaconf import OmegaConf
+
+    from detection.module import build_trainer
+
+    for k, v in SLURM_TASK.items():
+        monkeypatch.setenv(k, v)
+    for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "TORCHELASTIC_RUN_ID"):
+        monkeypatch.delenv(k, raising=False)
+    import lightning.fabric.utilities.rank_zero as fabric_rz
+    import lightning.pytorch.utilities.rank_zero as pytorch_rz
+    import lightning_utilities.core.rank_zero as utils_rz
+
+    for module in (fabric_rz, pytorch_rz, utils_rz):  # the Trainer sets the process-wide rank: restore it after
+        monkeypatch.setattr(module.rank_zero_only, "rank", getattr(module.rank_zero_only, "rank", 0))
+    cfg = compose_cfg(["trainer=slurm", "trainer.accelerator=cpu", "trainer.precision=32-true",
+                       "trainer.channels_last=false", "trainer.benchmark=null"])  # fmt: skip
+    trainer = build_trainer(OmegaConf.to_container(cfg.trainer, resolve=True), tmp_path, logger=False)
+    env = trainer.strategy.cluster_environment
+    assert isinstance(env, SLURMEnvironment) and env.creates_processes_externally
+    assert (trainer.num_nodes, trainer.num_devices, trainer.world_size) == (2, 2, 4)
+    assert (trainer.global_rank, trainer.local_rank, trainer.node_rank) == (3, 1, 1)
+    assert env.main_address == "gpu07"
