@@ -205,31 +205,34 @@ def test_nasnet_recipe_trains_with_scheduled_drop_path_aux_head_and_ema(tmp_path
 
 
 @pytest.mark.slow
-def test_killed_run_resumes_from_the_last_complete_checkpoint(tmp_path):
-    """SIGKILL a training process mid-run; `resume=true` continues from the step of its last complete checkpoint."""
-    import lightning as L
+def test_killed_run_resumes_at_the_same_data_position_and_lr(tmp_path):
+    """SIGKILL a training process after a mid-epoch checkpoint; `resume=true` continues from that checkpoint's step
+    with the batches (sample indices) and learning rates of an uninterrupted run."""
+    import json
+
+    from tiny_runs import read_lines, read_records, run_driver, start_driver
 
     args = [
         "backbone=mobilenet_v1_x0_25",
         "dataset.image_size=16",
-        "epochs=40",
-        "trainer.limit_train_batches=4",
+        "epochs=6",
+        "trainer.limit_train_batches=5",  # 5 steps an epoch, a checkpoint every 2: most fall inside an epoch
         "trainer.checkpoint.every_n_train_steps=2",
         *QUIET,
     ]
-    proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "tools" / "train_cls.py"), *args, f"hydra.run.dir={tmp_path}"],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    last = tmp_path / "checkpoints" / "last.ckpt"
+    run_driver(args, tmp_path / "reference", task="classify")
+    reference = read_records(tmp_path / "reference")
+    assert sorted(reference) == list(range(30))
+
+    run_dir = tmp_path / "run"
+    last = run_dir / "checkpoints" / "last.ckpt"
+    proc = start_driver(args, run_dir, task="classify")
     deadline = time.time() + 600
     try:
         while time.time() < deadline and proc.poll() is None:
-            if last.is_file() and torch.load(last, weights_only=True)["global_step"] >= 10:
+            if len(read_records(run_dir, pid=proc.pid)) >= 13:  # step 12 trained: epoch 2, batch 2
                 break
-            time.sleep(0.5)
+            time.sleep(0.01)
         assert proc.poll() is None, "the run ended before it could be killed"
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
@@ -237,18 +240,18 @@ def test_killed_run_resumes_from_the_last_complete_checkpoint(tmp_path):
         if proc.poll() is None:
             proc.kill()
     saved = torch.load(last, weights_only=True)  # complete, loadable, weights only
-    assert saved["global_step"] >= 10
+    assert saved["global_step"] >= 12 and saved["global_step"] % 5 != 0  # a mid-epoch checkpoint
 
-    class FirstStep(L.Callback):
-        step = None
-
-        def on_train_start(self, trainer, module):
-            self.step = trainer.global_step
-
-    first = FirstStep()
-    m = run(cfg_of(*args, "resume=true"), tmp_path, callbacks=[first])
-    assert first.step == saved["global_step"]
-    assert m["global_step"] == 40 * 4 and m["images"] == 360
+    run_driver([*args, "resume=true"], run_dir, task="classify")
+    pids = list(dict.fromkeys(r["pid"] for r in read_lines(run_dir)))
+    assert len(pids) == 2 and min(read_records(run_dir, pid=pids[1])) == saved["global_step"]
+    steps = read_lines(run_dir)
+    assert sorted({r["step"] for r in steps}) == list(range(30))
+    for r in steps:  # steps trained twice (after the checkpoint, before the kill) saw the same batch and LR
+        ref = reference[r["step"]]
+        assert r["ids"] == ref["ids"] and r["lr"] == pytest.approx(ref["lr"], rel=1e-12), r["step"]
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["global_step"] == 30 and results["images"] == 360
 
 
 @pytest.mark.slow
