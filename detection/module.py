@@ -438,10 +438,16 @@ class DetectionDataModule(ResumableTrainData, L.LightningDataModule):
                 "val_images": str(root / "val"),
                 "val_ann": str(root / "annotations" / "instances_val.json"),
             }
-        root = cfg.get("root")
-        if root and not os.path.isdir(root):
-            raise FileNotFoundError(f"dataset folder {root!r} (dataset={cfg['name']}) does not exist")
-        return {k: cfg[k] for k in ("train_images", "train_ann", "val_images", "val_ann")}
+        paths = {k: cfg[k] for k in ("train_images", "train_ann", "val_images", "val_ann")}
+        missing = [f"dataset.{k}={v!r}" for k, v in paths.items() if not os.path.exists(v)]
+        if missing:  # the four paths decide (they may point outside dataset.root)
+            root = cfg.get("root")
+            where = f"dataset folder {root!r} does not exist; " if root and not os.path.isdir(root) else ""
+            raise FileNotFoundError(
+                f"dataset={cfg['name']}: {where}missing {', '.join(missing)}. Set dataset.root=<folder with "
+                f"train2017/, val2017/, annotations/> or the four dataset.{{train,val}}_{{images,ann}} paths"
+            )
+        return paths
 
     def prepare_data(self) -> None:
         self._paths()
@@ -723,7 +729,7 @@ def run(cfg: Mapping[str, Any], output_dir: str | os.PathLike, callbacks: Sequen
     dm.setup("validate" if cfg.get("eval_only") else "fit")
     model = DetectionModule(cfg, dm.num_classes, output_dir)
     if cfg.get("checkpoint"):
-        load_detector_weights(model.model, cfg["checkpoint"])
+        load_detector_weights(model.model, cfg["checkpoint"], label_to_cat=dm.val_set.label_to_cat)
     trainer = build_trainer(
         cfg["trainer"], output_dir, monitor="val/AP", mode="max", callbacks=callbacks, use_distributed_sampler=False
     )

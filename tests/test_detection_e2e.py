@@ -116,3 +116,35 @@ def test_large_backbone_starts_and_loss_falls(name, tmp_path):
     losses = [float(r["train/loss"]) for r in rows if r.get("train/loss")]
     assert len(losses) >= 6
     assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3, losses
+
+
+def test_eval_only_takes_a_torchvision_coco_detector_file(tmp_path):
+    """`eval_only=true checkpoint=<torchvision fasterrcnn_resnet50_fpn file>` on a COCO-format set with 4 categories:
+    the 91-output COCO head is cut to the set's category ids (without that the load fails on the predictor shape)."""
+    tv = pytest.importorskip("torchvision")
+    from detection.synthetic import ShapesSpec, ensure_shapes
+
+    root = ensure_shapes(tmp_path / "cache", ShapesSpec(num_train=2, num_val=4))
+    from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
+    from torchvision.ops.misc import FrozenBatchNorm2d
+
+    torch.manual_seed(0)  # what fasterrcnn_resnet50_fpn builds for its COCO weights: FrozenBN, 91 outputs
+    body = _resnet_fpn_extractor(tv.models.resnet50(norm_layer=FrozenBatchNorm2d), 3)
+    ref = tv.models.detection.FasterRCNN(body, num_classes=91)
+    torch.save(ref.state_dict(), tmp_path / "tv.pth")
+    files = {"train_images": root / "train", "train_ann": root / "annotations" / "instances_train.json",
+             "val_images": root / "val", "val_ann": root / "annotations" / "instances_val.json"}  # fmt: skip
+    cfg = compose_cfg(
+        ["backbone=resnet50", "backbone.norm=frozen_bn", "dataset=coco", "dataset.min_size=64", "dataset.max_size=64",
+         "dataset.workers=0", *(f"dataset.{k}={v}" for k, v in files.items()), "eval_only=true",
+         f"checkpoint={tmp_path / 'tv.pth'}", "trainer.progress_bar=false", "trainer.loggers=[]"]
+    )  # fmt: skip
+    stats = run(cfg, tmp_path / "eval")
+    assert list(stats) == list(STAT_NAMES)
+    assert json.loads((tmp_path / "eval" / "eval" / "metrics.json").read_text())["images"] == 4
+
+
+def test_missing_coco_files_are_named(tmp_path):
+    cfg = compose_cfg(["dataset=coco", f"dataset.root={tmp_path / 'coco'}", "eval_only=true", "checkpoint=x.pth"])
+    with pytest.raises(FileNotFoundError, match=r"dataset folder .*coco' does not exist; missing dataset.train_images="):
+        run(cfg, tmp_path / "run")
