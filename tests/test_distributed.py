@@ -248,3 +248,17 @@ def test_under_srun_lightning_takes_ranks_and_address_from_slurm(monkeypatch, tm
     assert (trainer.num_nodes, trainer.num_devices, trainer.world_size) == (2, 2, 4)
     assert (trainer.global_rank, trainer.local_rank, trainer.node_rank) == (3, 1, 1)
     assert env.main_address == "gpu07"
+
+
+def test_entry_points_keep_hydra_files_to_rank_zero(monkeypatch):
+    from detection.entry import NON_ZERO_RANK_OVERRIDES, global_rank, prepare_process
+
+    for var in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
+        monkeypatch.delenv(var, raising=False)
+    argv = ["train_net.py", "trainer=ddp"]
+    prepare_process(argv)
+    assert global_rank() == 0 and argv == ["train_net.py", "trainer=ddp"]
+    monkeypatch.setenv("SLURM_PROCID", "3")  # an srun task
+    prepare_process(argv)
+    prepare_process(argv)  # idempotent
+    assert global_rank() == 3 and argv == ["train_net.py", "trainer=ddp", *NON_ZERO_RANK_OVERRIDES]

@@ -16,7 +16,6 @@ results.json come from rank 0.
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from pathlib import Path
 
@@ -25,20 +24,13 @@ from omegaconf import DictConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from detection.entry import prepare_process  # noqa: E402  (imports no torch)
+
+prepare_process()  # before torch loads: OMP_WAIT_POLICY; ranks > 0 write no Hydra files
+
 from classification.module import run  # noqa: E402
 
 log = logging.getLogger("train_cls")
-
-
-def _global_rank() -> int:
-    for var in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
-        if os.environ.get(var, "").isdigit():
-            return int(os.environ[var])
-    return 0
-
-
-if _global_rank() > 0:  # only rank 0 writes .hydra/ and the log file of the run dir
-    sys.argv += [o for o in ("hydra.output_subdir=null", "hydra/job_logging=stdout") if o not in sys.argv]
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="classify")

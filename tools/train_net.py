@@ -13,7 +13,6 @@ torchrun give hydra.run.dir); ranks other than 0 write no Hydra files, and logs 
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from pathlib import Path
 
@@ -21,22 +20,11 @@ import hydra
 from omegaconf import DictConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-# OpenMP threads that busy-wait between the many small ops of a detector collapse throughput (measured 4-5x) as soon
-# as another process shares the cores; sleeping threads lose little when the machine is idle. Before torch loads.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+from detection.entry import prepare_process  # noqa: E402  (imports no torch)
+
+prepare_process()  # before torch loads: OMP_WAIT_POLICY; ranks > 0 write no Hydra files
 logger = logging.getLogger("train_net")
-
-
-def _global_rank() -> int:
-    for var in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
-        if os.environ.get(var, "").isdigit():
-            return int(os.environ[var])
-    return 0
-
-
-if _global_rank() > 0:  # only rank 0 writes .hydra/ and the log file of the run dir
-    sys.argv += [o for o in ("hydra.output_subdir=null", "hydra/job_logging=stdout") if o not in sys.argv]
 
 
 @hydra.main(config_path="../conf", config_name="detect", version_base="1.3")
