@@ -117,3 +117,15 @@ def test_new_classifier_size_when_fine_tuning(tmp_path):
 def test_channels_last_must_be_a_bool():
     with pytest.raises(TypeError, match="channels_last='yes' must be True or False"):
         backbones.create_model("mobilenet_v1_x0_25", channels_last="yes")
+
+
+def test_readme_zoo_table_is_the_registry_table():
+    """The README's zoo table is what `tools/model_zoo.py --write-readme` writes from the registry today."""
+    from pathlib import Path
+
+    from backbones.zoo import markdown_table, replace_between_markers, zoo_rows
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert replace_between_markers(readme, markdown_table(zoo_rows())) == readme, (
+        "README zoo table is stale: run python tools/model_zoo.py --write-readme"
+    )
