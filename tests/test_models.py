@@ -5,6 +5,8 @@ A new model is tested by being registered. Heavy models (decided from the card) 
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from conftest import randomize_bn_stats, registry_params, small_input
@@ -139,10 +141,15 @@ def test_channels_last_default_same_maths_and_bf16(name):
     assert all(p.is_contiguous(memory_format=torch.channels_last) for p in convs)  # loading keeps the layout
     x = small_input(name, batch=1)
     with torch.no_grad():
-        ref = plain(x)
-        torch.testing.assert_close(m(x), ref, rtol=1e-4, atol=1e-4 * ref.abs().max().item())
+        ref, got = plain(x), m(x)
+        exact = copy.deepcopy(plain).double()(x.double())
         with torch.autocast("cpu", dtype=torch.bfloat16):
             y = m(x)
+    # the channels-last result is as close to the float64 one as the plain float32 result is (deep random networks
+    # such as se_resnet152 amplify float32 rounding to a large part of the output in either layout)
+    err_plain = (ref.double() - exact).abs().max().item()
+    err_cl = (got.double() - exact).abs().max().item()
+    assert err_cl <= 2 * err_plain + 1e-5 * exact.abs().max().item(), (err_cl, err_plain)
     assert torch.isfinite(y.float()).all()
 
 
