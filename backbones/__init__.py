@@ -73,13 +73,13 @@ def create_model(
         raise ValueError(f"norm={norm!r} is not valid; choose one of {', '.join(NORMS)}")
     if not isinstance(pretrained, bool | str | os.PathLike):
         raise TypeError(f"pretrained={pretrained!r} must be False, True or a path to a state dict")
+    if not isinstance(channels_last, bool):
+        raise TypeError(f"channels_last={channels_last!r} must be True or False")
     model = build(name, options)
     model.card = model_card(name)
     model.pretrained_cfg = _pretrained_cfg(model)
     if pretrained is not False:
         load_pretrained(model, pretrained)
-    if not isinstance(channels_last, bool):
-        raise TypeError(f"channels_last={channels_last!r} must be True or False")
     model.configure(features_only=features_only, out_features=out_features, norm=norm, frozen_stages=frozen_stages)
     return model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 

@@ -127,7 +127,6 @@ class ENASMacro(Backbone):
         self.head_drop = nn.Dropout(drop_rate)
         self.fc = nn.Linear(c, num_classes, bias=False) if num_classes else nn.Identity()
         self.init_weights()
-        self.to(memory_format=torch.channels_last)
 
     def _run(self, x: Tensor, taps: dict[int, str]) -> tuple[Tensor, dict[str, Tensor]]:
         outs = [self.stem(x)]

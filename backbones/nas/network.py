@@ -16,8 +16,8 @@ Deliberate deviations, each with the option restoring the reference:
 * conv0 pads 1 and stride-2 ops pad symmetrically, so levels are exactly ``H / 2**i`` (``reference_padding=True``
   gives the VALID conv0 and TF 'SAME' padding of the timm twins, bit for bit).
 * Levels are the cell outputs after ReLU (what every consumer reads; timm's feature taps are the same ReLUs).
-* Parameters are stored channels-last: on CPU depthwise convs and pooling run several times faster in that layout
-  (``model.to(memory_format=torch.contiguous_format)`` undoes it; results are the same).
+* ``create_model`` stores the parameters channels-last (its ``channels_last=True`` default, as for every family): on
+  CPU depthwise convs and pooling run several times faster in that layout; results are the same.
 
 Auxiliary head (A.7), built with ``aux_head=True``: in training mode ``forward`` returns ``(logits, aux_logits)``,
 in eval mode only ``logits``. ScheduledDropPath (A.5): ``drop_path_rate`` is the drop probability of the last cell
@@ -295,7 +295,6 @@ class NASNet(Backbone):
                 )
             self.aux_head = AuxHead(chans[self._aux_at][0], num_classes, side, conv.aux_same_padding, conv.fc_bias, ctx)
         self.init_weights()
-        self.to(memory_format=torch.channels_last)
 
     # ---- construction helpers -----------------------------------------------------------------------------------
     def _spec(self, name: str, reduction: bool, channels: int, stage: int, hist: list, skip: bool) -> _Spec:
