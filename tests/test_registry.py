@@ -129,3 +129,15 @@ def test_readme_zoo_table_is_the_registry_table():
     assert replace_between_markers(readme, markdown_table(zoo_rows())) == readme, (
         "README zoo table is stale: run python tools/model_zoo.py --write-readme"
     )
+
+
+def test_ci_runs_the_readme_test_command():
+    """CI (.ci/run) runs the quick start's test command verbatim, install included, after the lint."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    quick = root.joinpath("README.md").read_text().split("## Quick start", 1)[1].split("```bash", 1)[1].split("```")[0]
+    test_cmd = [line for line in quick.strip().splitlines() if "pytest" in line]
+    ci = root.joinpath(".ci", "run").read_text().splitlines()
+    assert len(test_cmd) == 1 and test_cmd[0] in ci, (test_cmd, ci)
+    assert "ruff check ." in ci and ci.index("ruff check .") < ci.index(test_cmd[0])
