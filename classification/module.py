@@ -10,7 +10,6 @@ even when a distributed sampler pads the last batch with repeats.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -24,7 +23,8 @@ from torch import Tensor, nn
 from torch.utils.data import BatchSampler, DataLoader, DistributedSampler
 
 import backbones
-from detection.module import ResumableTrainData
+from detection.evaluation import write_json_atomic
+from detection.module import ResumableTrainData, check_finite_loss, resolve_resume
 
 from .data import ClassificationData, build_datasets, collate_skip_bad
 from .recipes import (
@@ -177,13 +177,9 @@ class ClassificationModule(L.LightningModule):
         loss, parts = classification_loss(
             out, y, float(self.recipe.get("label_smoothing", 0.0)), float(self.recipe.get("aux_weight", 0.0))
         )
-        if not torch.isfinite(loss):
-            ckpt = self.trainer.checkpoint_callback
-            last = getattr(ckpt, "last_model_path", "") or getattr(ckpt, "best_model_path", "") or "none yet"
-            raise FloatingPointError(
-                f"non-finite training loss {loss.item()} at step {self.global_step} (epoch {self.current_epoch}); "
-                f"stopped. Last good checkpoint: {last}"
-            )
+        check_finite_loss(
+            self, loss, lambda: f"training loss {loss.item():.4g}", lambda: "Lower the recipe's lr or clip gradients"
+        )
         self.log("train/loss", loss, prog_bar=True, batch_size=len(y))
         if "aux" in parts:
             self.log("train/loss_main", parts["main"], batch_size=len(y))
@@ -337,22 +333,6 @@ class ClassificationDataModule(ResumableTrainData, L.LightningDataModule):
 
 
 # ---- the run ---------------------------------------------------------------------------------------------------------
-def resolve_resume(resume: Any, output_dir: str | os.PathLike) -> str | None:
-    """``resume``: false, true (``<output_dir>/checkpoints/last.ckpt`` if it exists) or a checkpoint path."""
-    if resume in (None, False, "", "false"):
-        return None
-    if resume is True or resume == "true":
-        last = Path(output_dir) / "checkpoints" / "last.ckpt"
-        if last.is_file():
-            return str(last)
-        logger.warning("resume=true but %s does not exist; starting from scratch", last)
-        return None
-    path = os.path.expanduser(str(resume))
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"resume checkpoint {path!r} does not exist")
-    return path
-
-
 def run(cfg: Any, output_dir: str | os.PathLike, **trainer_overrides: Any) -> dict[str, float]:
     """Train (or, with ``eval_only``, evaluate) as the composed ``conf/classify.yaml`` says; returns val metrics.
 
@@ -417,7 +397,8 @@ def run(cfg: Any, output_dir: str | os.PathLike, **trainer_overrides: Any) -> di
     metrics["epochs_done"] = float(trainer.current_epoch)
     metrics["global_step"] = float(trainer.global_step)
     if trainer.is_global_zero:
-        _write_json(Path(output_dir) / "results.json", {"model": name, "dataset": dataset_cfg.get("name"), **metrics})
+        summary = {"model": name, "dataset": dataset_cfg.get("name"), **metrics}
+        write_json_atomic(Path(output_dir) / "results.json", summary)
         logger.info(
             "val top-1 %.2f%%  top-5 %.2f%%  (%d images)",
             metrics.get("top1", float("nan")),
@@ -425,10 +406,3 @@ def run(cfg: Any, output_dir: str | os.PathLike, **trainer_overrides: Any) -> di
             int(metrics.get("images", 0)),
         )
     return metrics
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)

@@ -14,7 +14,7 @@ import difflib
 import logging
 import os
 import pickle
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -407,8 +407,25 @@ DATASET_KEYS = (
 )  # fmt: skip
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(FloatingPointError):
     """Training stopped because the loss is NaN or infinite; the message names the step and the last checkpoint."""
+
+
+def check_finite_loss(module: L.LightningModule, loss: torch.Tensor, what: Callable[[], str], details: Callable):
+    """Raise :class:`NonFiniteLossError` if ``loss`` is not finite on any rank (every rank raises together, so none is
+    left waiting in the next collective). ``what()`` names the loss in the message, ``details()`` adds the loss terms
+    and what to change; both run only then. This step is not checkpointed: the last checkpoint is the last good one."""
+    trainer = module.trainer
+    bad = not bool(torch.isfinite(loss))
+    if trainer.world_size > 1:
+        bad = trainer.strategy.reduce_boolean_decision(bad, all=False)
+    if bad:
+        ckpt = trainer.checkpoint_callback
+        last = (ckpt.last_model_path or ckpt.best_model_path) if ckpt is not None else ""
+        raise NonFiniteLossError(
+            f"non-finite {what()} at step {module.global_step} (epoch {module.current_epoch}). Training stopped; "
+            f"last good checkpoint: {last or 'none written yet'}. {details()}"
+        )
 
 
 class DetectionDataModule(ResumableTrainData, L.LightningDataModule):
@@ -567,17 +584,15 @@ class DetectionModule(L.LightningModule):
         targets = [{"boxes": t["boxes"], "labels": t["labels"]} for t in targets]
         losses = self.model(images, targets)
         loss = sum(losses.values())
-        bad = not bool(torch.isfinite(loss))
-        bad = self.trainer.strategy.reduce_boolean_decision(bad, all=False) if self.trainer.world_size > 1 else bad
-        if bad:
-            ckpt = self.trainer.checkpoint_callback
-            last = (ckpt.last_model_path or ckpt.best_model_path) if ckpt is not None else ""
-            terms = ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
-            raise NonFiniteLossError(
-                f"non-finite loss at step {self.global_step} (epoch {self.current_epoch}, batch {batch_idx}): "
-                f"{terms}. Training stopped; last good checkpoint: {last or 'none written yet'}. Lower solver.lr, "
-                f"raise solver.warmup_iters or set trainer.gradient_clip_val"
-            )
+        check_finite_loss(
+            self,
+            loss,
+            lambda: "loss",
+            lambda: (
+                ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
+                + ". Lower solver.lr, raise solver.warmup_iters or set trainer.gradient_clip_val"
+            ),
+        )
         bs = len(images)
         self.log("train/loss", loss, prog_bar=True, batch_size=bs)
         self.log_dict({f"train/{k}": v for k, v in losses.items()}, batch_size=bs)
@@ -683,7 +698,7 @@ def check_task(cfg: Mapping[str, Any], task: str = "detection") -> None:
 
 def resolve_resume(resume: Any, output_dir: str) -> str | None:
     """``resume``: null (fresh run), true (``<output_dir>/checkpoints/last.ckpt``), or a checkpoint file / run dir."""
-    if resume in (None, False, "", "null"):
+    if resume in (None, False, "", "null", "false"):
         return None
     if resume is True or resume == "true":
         path = Path(output_dir) / "checkpoints" / "last.ckpt"

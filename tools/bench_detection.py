@@ -13,7 +13,9 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as tools/train_net.py, so the step is timed as it trains
+from detection.entry import prepare_process  # noqa: E402  (imports no torch)
+
+prepare_process()  # as tools/train_net.py (OMP_WAIT_POLICY before torch loads), so the step is timed as it trains
 
 from hydra import compose, initialize_config_dir  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
