@@ -94,6 +94,24 @@ def _step_fn(model: nn.Module, x: torch.Tensor, mode: str, amp: bool) -> Callabl
     return train
 
 
+def interleaved(
+    fns: list[Callable[[], object]], repeats: int, sync: Callable[[], None] = lambda: None
+) -> tuple[list[list[float]], list[list[float]]]:
+    """Run every function once per repeat, the order alternating (forward, then reversed) so none always runs on a
+    warmer cache; returns per function its wall times and its process CPU times (all threads), in ms."""
+    wall: list[list[float]] = [[] for _ in fns]
+    cpu: list[list[float]] = [[] for _ in fns]
+    for r in range(repeats):
+        for i in range(len(fns)) if r % 2 == 0 else reversed(range(len(fns))):
+            sync()
+            t0, c0 = time.perf_counter(), time.process_time()
+            fns[i]()
+            sync()
+            wall[i].append(1000 * (time.perf_counter() - t0))
+            cpu[i].append(1000 * (time.process_time() - c0))
+    return wall, cpu
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -144,15 +162,7 @@ def compare(
         for fn in fns:
             for _ in range(warmup):
                 fn()
-        times: list[list[float]] = [[] for _ in fns]
-        for r in range(repeats):
-            order = range(len(fns)) if r % 2 == 0 else reversed(range(len(fns)))
-            for i in order:
-                _sync(dev)
-                t0 = time.perf_counter()
-                fns[i]()
-                _sync(dev)
-                times[i].append(1000 * (time.perf_counter() - t0))
+        times, _ = interleaved(fns, repeats, lambda: _sync(dev))
         for (impl, model_name, _, m), ts in zip(impls, times):
             results.append(Timing(model_name, impl, mode, batch_size, side, statistics.median(ts), m))
     return results

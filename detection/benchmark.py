@@ -75,6 +75,8 @@ def r50_fpn_inference_ratio(side: int = 800, repeats: int = 5, channels_last: bo
     from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
     from torchvision.ops.misc import FrozenBatchNorm2d
 
+    from backbones.benchmark import interleaved
+
     from .models import build_detector, convert_torchvision_state_dict
 
     size = {"min_size": side, "max_size": round(side * 1333 / 800)}  # torchvision's 800 / 1333 at side=800
@@ -85,16 +87,8 @@ def r50_fpn_inference_ratio(side: int = 800, repeats: int = 5, channels_last: bo
     ours.load_state_dict(convert_torchvision_state_dict(ours, tv.state_dict()))
     image = [torch.rand(3, side, side * 4 // 3, generator=torch.Generator().manual_seed(0))]
     ours(image), tv(image)  # warm-up
-    wall: dict[str, list[float]] = {"ours": [], "tv": []}
-    cpu: dict[str, list[float]] = {"ours": [], "tv": []}
-    for k in range(repeats):
-        pairs = (("ours", ours), ("tv", tv))
-        for key, model in pairs if k % 2 == 0 else pairs[::-1]:
-            start, start_cpu = time.perf_counter(), time.process_time()
-            model(image)
-            wall[key].append(time.perf_counter() - start)
-            cpu[key].append(time.process_time() - start_cpu)
-    a, b = statistics.median(wall["ours"]), statistics.median(wall["tv"])
-    ca, cb = statistics.median(cpu["ours"]), statistics.median(cpu["tv"])
+    (w_ours, w_tv), (c_ours, c_tv) = interleaved([lambda: ours(image), lambda: tv(image)], repeats)
+    a, b = statistics.median(w_ours) / 1000, statistics.median(w_tv) / 1000
+    ca, cb = statistics.median(c_ours) / 1000, statistics.median(c_tv) / 1000
     return {"ours_s": a, "torchvision_s": b, "ratio": a / b, "ours_cpu_s": ca, "torchvision_cpu_s": cb,
             "cpu_ratio": ca / cb}  # fmt: skip

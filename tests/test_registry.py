@@ -141,3 +141,12 @@ def test_ci_runs_the_readme_test_command():
     ci = root.joinpath(".ci", "run").read_text().splitlines()
     assert len(test_cmd) == 1 and test_cmd[0] in ci, (test_cmd, ci)
     assert "ruff check ." in ci and ci.index("ruff check .") < ci.index(test_cmd[0])
+
+
+def test_benchmark_alternates_the_order_of_its_contenders():
+    from backbones.benchmark import interleaved
+
+    calls = []
+    wall, cpu = interleaved([lambda: calls.append("a"), lambda: calls.append("b")], repeats=3)
+    assert calls == ["a", "b", "b", "a", "a", "b"]
+    assert [len(w) for w in wall] == [3, 3] == [len(c) for c in cpu] and min(map(min, wall)) >= 0
