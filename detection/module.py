@@ -322,6 +322,7 @@ def build_trainer(
     Raises:
         ValueError: on an unknown key (named, with close matches and the valid keys).
     """
+    use_root_logging()
     cfg = _plain(trainer_cfg)
     _check_keys(cfg, TRAINER_ARGS + MODULE_KEYS, "trainer")
     ckpt_cfg = dict(cfg.get("checkpoint") or {})
@@ -731,7 +732,6 @@ def run(cfg: Mapping[str, Any], output_dir: str | os.PathLike, callbacks: Sequen
     ``callbacks`` are added to the Trainer's (e.g. a recorder in tests).
     """
     cfg = _plain(cfg)
-    use_root_logging()
     check_task(cfg)
     if cfg["solver"].get("name") == "shapes" and cfg["dataset"].get("name") != "shapes":
         logger.warning("solver=shapes is the short CPU recipe of the synthetic set; for real data use solver=coco_1x")
