@@ -5,7 +5,9 @@ Models are built on the ``meta`` device, so counting parameters and mult-adds of
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -129,6 +131,36 @@ def backbone_conf(name: str) -> str:
         "frozen_stages: -1     # -1 none, 0 stem, k stem + k stages\n"
         "options: {}           # more create_model options: +backbone.options.drop_path_rate=0.1 on the command line\n"
     )
+
+
+#: keys of a ``conf/backbone/<name>.yaml`` (:func:`backbone_conf`): the card's facts, informational only ...
+BACKBONE_CONF_INFO = ("family", "detection_ready", "input_size", "mean", "std")
+#: ... and the per-run settings that become ``create_model`` options
+BACKBONE_CONF_OPTIONS = ("pretrained", "norm", "frozen_stages", "options")
+BACKBONE_CONF_KEYS = ("name", *BACKBONE_CONF_INFO, *BACKBONE_CONF_OPTIONS)
+
+
+def backbone_spec(conf: Mapping[str, Any] | str) -> tuple[str, dict[str, Any]]:
+    """``(model name, create_model options)`` of a ``conf/backbone/<name>.yaml`` group (a plain mapping) or a bare
+    model name: ``pretrained`` (dropped when false), ``norm``, ``frozen_stages`` and the ``options`` mapping.
+
+    Raises:
+        ValueError: no ``name``, or a key a backbone config does not have (named, with the valid ones).
+    """
+    if isinstance(conf, str):
+        return conf, {}
+    conf = dict(conf)
+    unknown = [k for k in conf if k not in BACKBONE_CONF_KEYS]
+    if unknown or not conf.get("name"):
+        what = f"unknown key(s) {', '.join(f'backbone.{k}' for k in unknown)}" if unknown else "no 'name' key"
+        raise ValueError(
+            f"backbone config: {what}; valid keys: {', '.join(BACKBONE_CONF_KEYS)} (more create_model options go in "
+            f"backbone.options, e.g. +backbone.options.drop_path_rate=0.1)"
+        )
+    options = {k: conf[k] for k in ("pretrained", "norm", "frozen_stages") if k in conf}
+    if options.get("pretrained") in (None, False):
+        options.pop("pretrained", None)
+    return conf["name"], {**options, **(conf.get("options") or {})}
 
 
 def write_backbone_confs(conf_dir) -> list[str]:

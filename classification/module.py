@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ from torch import Tensor, nn
 from torch.utils.data import BatchSampler, DataLoader, DistributedSampler
 
 import backbones
+from backbones.zoo import backbone_spec
 from detection.evaluation import write_json_atomic
 from detection.module import ResumableTrainData, check_finite_loss, resolve_resume
 
@@ -61,28 +61,6 @@ def plain(cfg: Any) -> Any:
     if isinstance(cfg, DictConfig | ListConfig):
         return OmegaConf.to_container(cfg, resolve=True)
     return cfg
-
-
-#: keys of a generated ``conf/backbone/*.yaml`` that describe the model card rather than set options
-BACKBONE_INFO_KEYS = ("family", "detection_ready", "input_size", "mean", "std")
-
-
-def backbone_spec(backbone_cfg: Mapping[str, Any] | str) -> tuple[str, dict[str, Any]]:
-    """``(model name, create_model options)`` of a ``conf/backbone/*.yaml`` entry: ``name``, the factory options
-    (``pretrained``, ``norm``, ``frozen_stages``) and ``options``; the card's informational keys are dropped."""
-    if isinstance(backbone_cfg, str):
-        return backbone_cfg, {}
-    cfg = dict(plain(backbone_cfg))
-    name = cfg.pop("name", None)
-    if not name:
-        raise ValueError(f"the backbone config has no 'name' key (got keys {sorted(cfg)}); use backbone=<model name>")
-    options = dict(cfg.pop("options", None) or {})
-    for k in BACKBONE_INFO_KEYS:
-        cfg.pop(k, None)
-    options.update(cfg)
-    if options.get("pretrained") in (None, False):
-        options.pop("pretrained", None)
-    return name, options
 
 
 class ClassificationModule(L.LightningModule):
@@ -344,7 +322,7 @@ def run(cfg: Any, output_dir: str | os.PathLike, **trainer_overrides: Any) -> di
     recipe = dict(c["recipe"])
     dataset_cfg = dict(c["dataset"])
     trainer_cfg = dict(c["trainer"])
-    name, options = backbone_spec(c["backbone"])
+    name, options = backbone_spec(plain(c["backbone"]))
     options.update(recipe.get("model") or {})
     if c.get("pretrained"):
         options["pretrained"] = c["pretrained"]

@@ -536,8 +536,6 @@ SOLVER_KEYS = (
     "name", "optimizer", "lr", "momentum", "weight_decay", "norm_weight_decay", "warmup_iters", "warmup_factor",
     "schedule", "milestones", "gamma", "min_lr_factor", "epochs",
 )  # fmt: skip
-BACKBONE_KEYS = ("name", "family", "detection_ready", "input_size", "mean", "std", "pretrained", "norm",
-                 "frozen_stages", "options")  # fmt: skip
 
 
 class DetectionModule(L.LightningModule):
@@ -551,17 +549,16 @@ class DetectionModule(L.LightningModule):
 
     def __init__(self, cfg: Mapping[str, Any], num_classes: int, output_dir: str | None = None) -> None:
         super().__init__()
+        from backbones.zoo import backbone_spec
+
         from .models import build_detector
 
         cfg = _plain(cfg)
         self.save_hyperparameters({"cfg": cfg, "num_classes": num_classes, "output_dir": output_dir})
         self.cfg = cfg
-        bb = cfg["backbone"]
-        _check_keys(bb, BACKBONE_KEYS, "backbone")
         _check_keys(cfg["solver"], SOLVER_KEYS, "solver")
-        options = {k: bb[k] for k in ("pretrained", "norm", "frozen_stages") if k in bb}
-        options.update(bb.get("options") or {})
-        self.model = build_detector(bb["name"], cfg["detector"], num_classes, **options)
+        name, options = backbone_spec(cfg["backbone"])
+        self.model = build_detector(name, cfg["detector"], num_classes, **options)
         trainer_cfg = cfg.get("trainer", {})
         if trainer_cfg.get("channels_last"):
             self.model.backbone.to(memory_format=torch.channels_last)

@@ -11,10 +11,9 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 import backbones
-from backbones.zoo import backbone_conf
+from backbones.zoo import BACKBONE_CONF_KEYS, backbone_conf, backbone_spec
 from detection.models import DETECTORS, resolve_config
 from detection.module import (
-    BACKBONE_KEYS,
     CHECKPOINT_KEYS,
     DATASET_KEYS,
     MODULE_KEYS,
@@ -60,7 +59,7 @@ def test_every_detector_config_is_valid(detector, dataset):
     if "min_size" in resolved:
         assert resolved["min_size"] == cfg.dataset.min_size
     assert set(cfg.dataset) <= set(DATASET_KEYS) and cfg.dataset.task == "detection"
-    assert set(cfg.solver) <= set(SOLVER_KEYS) and set(cfg.backbone) <= set(BACKBONE_KEYS)
+    assert set(cfg.solver) <= set(SOLVER_KEYS) and set(cfg.backbone) <= set(BACKBONE_CONF_KEYS)
 
 
 def test_detector_files_hold_every_option():
@@ -135,3 +134,13 @@ def test_lr_schedule():
 
 def test_train_net_is_thin():
     assert len((ROOT / "tools" / "train_net.py").read_text().splitlines()) < 150
+
+
+def test_backbone_spec_takes_the_generated_keys_and_names_unknown_ones():
+    import yaml
+
+    conf = yaml.safe_load(backbone_conf("resnet50"))
+    conf.update(norm="frozen_bn", options={"drop_path_rate": 0.1})
+    assert backbone_spec(conf) == ("resnet50", {"norm": "frozen_bn", "frozen_stages": -1, "drop_path_rate": 0.1})
+    with pytest.raises(ValueError, match=r"unknown key\(s\) backbone.drop_path_rate; valid keys: name, family"):
+        backbone_spec({**conf, "drop_path_rate": 0.1})
