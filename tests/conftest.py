@@ -46,3 +46,12 @@ def randomize_bn_stats(model: torch.nn.Module, seed: int = 0) -> None:
             if m.affine:
                 m.weight.copy_(torch.rand(m.num_features, generator=g) * 0.5 + 0.75)
                 m.bias.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on now (for a process-group rendezvous on localhost)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

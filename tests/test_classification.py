@@ -14,21 +14,19 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import randomize_bn_stats
-from hydra import compose, initialize_config_dir
+from tiny_runs import compose_cfg
 
 import backbones
 from classification.data import digits_datasets
 from classification.module import first_occurrence, run
 
 ROOT = Path(__file__).resolve().parents[1]
-CONF = ROOT / "conf"
 QUIET = ["trainer.loggers=[]", "trainer.progress_bar=false"]
 SMALL = ["backbone=mobilenet_v1_x0_25", "dataset.image_size=16", "epochs=1", "trainer.limit_train_batches=3"]
 
 
 def cfg_of(*overrides: str):
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose("classify", overrides=list(overrides))
+    return compose_cfg(overrides, task="classify")
 
 
 # ---- configs ---------------------------------------------------------------------------------------------------------
@@ -146,7 +144,6 @@ def test_default_run_reaches_97_percent_on_digits(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif("nasnet_a_mobile" not in backbones.list_models(), reason="nasnet_a_mobile is not registered")
 def test_nasnet_recipe_trains_with_scheduled_drop_path_aux_head_and_ema(tmp_path):
     import lightning as L
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
+from tiny_runs import compose_cfg
 
 import backbones
 from backbones.zoo import BACKBONE_CONF_KEYS, backbone_conf, backbone_spec
@@ -26,11 +26,6 @@ from detection.module import (
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
-
-
-def compose_cfg(overrides=()):
-    with initialize_config_dir(str(CONF), version_base="1.3"):
-        return compose("detect", list(overrides))
 
 
 def options(group: str) -> list[str]:
@@ -137,8 +132,6 @@ def test_train_net_is_thin():
 
 
 def test_backbone_spec_takes_the_generated_keys_and_names_unknown_ones():
-    import yaml
-
     conf = yaml.safe_load(backbone_conf("resnet50"))
     conf.update(norm="frozen_bn", options={"drop_path_rate": 0.1})
     assert backbone_spec(conf) == ("resnet50", {"norm": "frozen_bn", "frozen_stages": -1, "drop_path_rate": 0.1})

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import free_port
 from PIL import Image
 
 from detection.data import (
@@ -326,8 +327,7 @@ def test_gather_across_two_ranks(shapes, tmp_path):
     import torch.multiprocessing as mp
 
     ann = shapes / "annotations" / "instances_val.json"
-    port = 29500 + os.getpid() % 1000
-    mp.spawn(_gather_worker, args=(2, port, str(ann), str(tmp_path / "ids")), nprocs=2, join=True)
+    mp.spawn(_gather_worker, args=(2, free_port(), str(ann), str(tmp_path / "ids")), nprocs=2, join=True)
     expected = sorted(img["id"] for img in json.loads(ann.read_text())["images"])
     for rank in range(2):
         assert json.loads((tmp_path / f"ids.{rank}").read_text()) == expected

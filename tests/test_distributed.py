@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import free_port
 from tiny_runs import ROOT, child_env, compose_cfg, read_records, run_driver, tiny
 
 QUIET = ["trainer.progress_bar=false", "trainer.loggers=[]"]
@@ -155,12 +155,6 @@ def assert_one_run_dir(run_dir: Path, cwd: Path) -> None:
     assert len(list((run_dir / "tensorboard").glob("version_*"))) == 1
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
     assert not (cwd / "outputs").exists() and not (cwd / "lightning_logs").exists()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.slow

@@ -44,7 +44,7 @@ def tiny(tmp_path: Path, steps: int = 3) -> list[str]:
     ]
 
 
-def compose_cfg(overrides: Sequence[str], task: str = "detect"):
+def compose_cfg(overrides: Sequence[str] = (), task: str = "detect"):
     from hydra import compose, initialize_config_dir
 
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
