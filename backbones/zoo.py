@@ -113,14 +113,14 @@ def replace_between_markers(text: str, table: str, start: str = "<!-- zoo:start 
     return text[: i + len(start)] + "\n" + table + "\n" + text[j:]
 
 
-def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to ``<path>.tmp<pid>``, fsync it and rename it onto ``path``: a reader (or a test that compares
-    a generated file with its source) never sees half a file."""
+def write_atomic(path: str | os.PathLike, data: str | bytes) -> None:
+    """Write ``data`` (text or bytes) to ``<path>.tmp<pid>``, fsync it and rename it onto ``path``: a reader (or a test
+    that compares a generated file with its source) never sees half a file."""
     path = os.fspath(path)
     tmp = f"{path}.tmp{os.getpid()}"
     try:
-        with open(tmp, "w") as f:
-            f.write(text)
+        with open(tmp, "wb" if isinstance(data, bytes) else "w") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
