@@ -338,10 +338,10 @@ def end_report(
 
 
 def check_report_path(path: str | os.PathLike) -> None:
-    """Raise ``ValueError`` before a run whose ``--json`` file could not be written (its folder does not exist)."""
-    folder = Path(path).resolve().parent
-    if not folder.is_dir():
-        raise ValueError(f"--json {os.fspath(path)}: the folder {folder} does not exist")
+    """Before a run: make the folder of its ``--json`` file, and raise ``ValueError`` if ``path`` is a folder."""
+    if Path(path).is_dir():
+        raise ValueError(f"--json {os.fspath(path)} is a folder; give a file name, e.g. {Path(path) / 'run.json'}")
+    Path(path).resolve().parent.mkdir(parents=True, exist_ok=True)
 
 
 def write_report(path: str | os.PathLike, report: Mapping[str, Any]) -> None:
