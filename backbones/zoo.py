@@ -5,6 +5,8 @@ Models are built on the ``meta`` device, so counting parameters and mult-adds of
 
 from __future__ import annotations
 
+import functools
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -41,6 +43,7 @@ class ZooRow:
         return None if not self.ref_macs else (self.macs - self.ref_macs) / self.ref_macs
 
 
+@functools.cache  # a registered name never changes its builder or card; the table and the plot share the counts
 def zoo_row(name: str) -> ZooRow:
     from . import create_model
 
@@ -108,6 +111,22 @@ def replace_between_markers(text: str, table: str, start: str = "<!-- zoo:start 
     if i < 0 or j < i:
         raise ValueError(f"markers {start!r} ... {end!r} not found in order")
     return text[: i + len(start)] + "\n" + table + "\n" + text[j:]
+
+
+def write_atomic(path: str | os.PathLike, data: str | bytes) -> None:
+    """Write ``data`` (text or bytes) to ``<path>.tmp<pid>``, fsync it and rename it onto ``path``: a reader (or a test
+    that compares a generated file with its source) never sees half a file."""
+    path = os.fspath(path)
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        with open(tmp, "wb" if isinstance(data, bytes) else "w") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def backbone_conf(name: str) -> str:

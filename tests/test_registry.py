@@ -131,6 +131,39 @@ def test_readme_zoo_table_is_the_registry_table():
     )
 
 
+def test_zoo_plot_draws_every_model_with_a_published_top1(tmp_path):
+    """`tools/model_zoo.py --plot`: a PNG whose mult-adds and parameter panels each hold one point per model whose
+    card has a top-1, at the table's measured counts; the README embeds the committed picture."""
+    from pathlib import Path
+
+    from PIL import Image
+
+    pytest.importorskip("matplotlib", reason="the zoo plot needs matplotlib (the dev extra)")
+    from backbones.zoo import zoo_rows
+    from backbones.zoo_plot import plot_zoo
+
+    with_top1 = {n: backbones.model_card(n).top1 for n in backbones.list_models() if backbones.model_card(n).top1}
+    path = tmp_path / "zoo.png"
+    fig = plot_zoo(path)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with Image.open(path) as im:
+        im.verify()
+        assert im.size[0] > 800 and im.size[1] > 500
+    rows = {r.name: r for r in zoo_rows()}
+    for col, key in ((0, "macs"), (1, "params")):
+        axes = fig.axes[col::2]
+        points = sorted(tuple(p) for ax in axes for c in ax.collections for p in c.get_offsets())
+        assert len(points) == len(with_top1)
+        expected = sorted((getattr(rows[n], key) / 1e6, top1) for n, top1 in with_top1.items())
+        assert points == pytest.approx(expected)
+        assert sorted(t.get_text() for ax in axes for t in ax.texts) == sorted(with_top1)
+        assert all(ax.get_xscale() == "log" for ax in axes)
+    with pytest.raises(ValueError, match="suffix of 'zoo.pnq'.*did you mean 'png'"):
+        plot_zoo("zoo.pnq")
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert "](docs/zoo.png)" in readme
+
+
 def test_ci_runs_the_readme_test_command():
     """CI (.ci/run) runs the quick start's test command verbatim, install included, after the lint."""
     from pathlib import Path

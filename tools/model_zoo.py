@@ -4,12 +4,12 @@ python tools/model_zoo.py                      # print the table
 python tools/model_zoo.py --pattern "nasnet*"  # some models
 python tools/model_zoo.py --write-readme       # refresh the table between the zoo markers of README.md
 python tools/model_zoo.py --write-conf         # regenerate conf/backbone/<name>.yaml from the registry
+python tools/model_zoo.py --plot docs/zoo.png  # draw published top-1 against mult-adds and parameters
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -25,7 +25,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pattern", default="*", help="shell-style filter on model names")
     ap.add_argument("--write-readme", action="store_true", help="write the table into README.md")
     ap.add_argument("--write-conf", action="store_true", help="write conf/backbone/<name>.yaml for every model")
+    ap.add_argument("--plot", default=None, metavar="FILE", help="draw top-1 vs mult-adds and params into FILE")
     args = ap.parse_args(argv)
+    if args.plot:
+        from backbones.zoo_plot import plot_zoo, plotted_rows
+
+        rows = zoo_rows(args.pattern)
+        plot_zoo(args.plot, rows)
+        print(f"drew {len(plotted_rows(rows))} models with a published top-1 into {args.plot}")
+        return 0
     if args.write_conf:
         names = write_backbone_confs(ROOT / "conf" / "backbone")
         print(f"wrote {len(names)} files into {ROOT / 'conf' / 'backbone'}")
@@ -35,11 +43,10 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"no registered model matches {args.pattern!r}")
     table = markdown_table(rows)
     if args.write_readme:
+        from backbones.zoo import write_atomic
+
         readme = ROOT / "README.md"
-        new = replace_between_markers(readme.read_text(), table)
-        tmp = readme.with_suffix(".md.tmp")
-        tmp.write_text(new)
-        os.replace(tmp, readme)
+        write_atomic(readme, replace_between_markers(readme.read_text(), table))
         print(f"wrote {len(rows)} rows into {readme}")
     else:
         print(table)
