@@ -162,7 +162,10 @@ def test_missing_paths_are_named(tmp_path):
         (lambda d: d["images"][1].pop("file_name"), r"images\[1\] has no 'file_name' key"),
         (lambda d: d["annotations"][0].pop("bbox"), r"annotations\[0\] has no 'bbox' key"),
         (lambda d: d["categories"][0].pop("id"), r"categories\[0\] has no 'id' key"),
-        (lambda d: d["annotations"][0].update(category_id=5), r"category ids \[5\] missing from 'categories'"),
+        (
+            lambda d: d["annotations"][0].update(category_id=5),
+            r"annotation ids 1 use category_id 5 missing from 'categories'",
+        ),
         (lambda d: d["annotations"][0].update(bbox=[1, 2]), r"annotation id 1 has bbox \[1, 2\]"),
     ],
 )
