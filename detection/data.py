@@ -93,7 +93,8 @@ def _duplicates(values: Sequence[Any]) -> list[Any]:
     return dup
 
 
-def _read_json(path: str) -> Any:
+def read_json(path: str) -> Any:
+    """Parse a JSON file; :class:`AnnotationFormatError` naming it when it is not UTF-8 or not JSON."""
     with open(path, "rb") as f:
         raw = f.read()
     try:
@@ -101,7 +102,7 @@ def _read_json(path: str) -> Any:
     except UnicodeDecodeError as e:
         raise AnnotationFormatError(
             f"{path} is not UTF-8 text: byte {raw[e.start]:#04x} at offset {e.start} does not decode; COCO "
-            f"annotation files are UTF-8 JSON, so re-save it as UTF-8 (e.g. iconv -f latin1 -t utf-8)"
+            f"annotation and results files are UTF-8 JSON, so re-save it as UTF-8 (e.g. iconv -f latin1 -t utf-8)"
         ) from e
     except json.JSONDecodeError as e:
         raise AnnotationFormatError(f"{path} is not valid JSON: {e}") from e
@@ -123,7 +124,7 @@ def load_coco_json(path: str | os.PathLike) -> dict[str, Any]:
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"annotation file {path!r} does not exist")
-    data = _read_json(path)
+    data = read_json(path)
     if not isinstance(data, dict):
         raise AnnotationFormatError(f"{path} is not a COCO annotation file: the top level is not an object")
     for key in ("images", "annotations", "categories"):
@@ -184,6 +185,26 @@ def read_image(path: str | os.PathLike) -> Image.Image:
         if im.mode in ("I", "F"):
             raise ValueError(f"mode {im.mode} (32-bit) has no defined 8-bit range; save it as 8- or 16-bit")
         return im.convert("RGB")
+
+
+def decode_checked(path: str | os.PathLike, info: dict[str, Any], ann_file: str) -> Image.Image:
+    """:func:`read_image` of ``path``, checked against the ``width``/``height`` of its ``images`` entry ``info``.
+
+    Raises:
+        BadImageError: naming the file, its id and what is wrong (both sizes on a mismatch).
+    """
+    path = os.fspath(path)
+    try:
+        image = read_image(path)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        raise BadImageError(f"image {path!r} (id {info['id']}) could not be decoded: {e}") from e
+    if "width" in info and "height" in info and image.size != (round(info["width"]), round(info["height"])):
+        raise BadImageError(
+            f"image {path!r} (id {info['id']}) decodes to {image.width}x{image.height} (width x height, EXIF "
+            f"orientation applied) but {ann_file} gives {info['width']}x{info['height']}: its boxes would not match "
+            f"its pixels; fix the annotation's width/height or the image"
+        )
+    return image
 
 
 class CocoDetection(Dataset):
@@ -302,24 +323,8 @@ class CocoDetection(Dataset):
             return 1.0
 
     def decode(self, index: int) -> Image.Image:
-        """The image as 8-bit RGB (:func:`read_image`), checked against the annotation's width and height.
-
-        Raises:
-            BadImageError: naming the file, its id and what is wrong (both sizes on a mismatch).
-        """
-        info = self.images[index]
-        path = os.fspath(self.image_path(index))
-        try:
-            image = read_image(path)
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-            raise BadImageError(f"image {path!r} (id {info['id']}) could not be decoded: {e}") from e
-        if "width" in info and "height" in info and image.size != (round(info["width"]), round(info["height"])):
-            raise BadImageError(
-                f"image {path!r} (id {info['id']}) decodes to {image.width}x{image.height} (width x height, EXIF "
-                f"orientation applied) but {self.ann_file} gives {info['width']}x{info['height']}: its boxes would "
-                f"not match its pixels; fix the annotation's width/height or the image"
-            )
-        return image
+        """The image as 8-bit RGB, checked against the annotation's width and height (:func:`decode_checked`)."""
+        return decode_checked(self.image_path(index), self.images[index], self.ann_file)
 
     def check_images(self, probe: int) -> None:
         """Refuse a split that cannot yield an image, before any training.

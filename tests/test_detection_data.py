@@ -346,7 +346,9 @@ def test_visualize_draws_ground_truth_and_predictions(shapes, tmp_path):
     data = json.loads(ann.read_text())
     a = data["annotations"][0]
     img = next(i for i in data["images"] if i["id"] == a["image_id"])
-    (path,) = [p for p in draw_dataset(ann, shapes / "val", tmp_path / "gt", limit=0) if p.stem in img["file_name"]]
+    (path,) = [
+        p for p in draw_dataset(ann, shapes / "val", tmp_path / "gt", limit=0).written if p.stem in img["file_name"]
+    ]
     x, y = int(a["bbox"][0]), int(a["bbox"][1] + a["bbox"][3] / 2)
     assert Image.open(path).getpixel((x, y)) == GT_COLOUR  # the box's left edge
     results = tmp_path / "results.json"
