@@ -114,7 +114,7 @@ def test_non_utf8_json_is_refused_and_other_unicode_encodings_are_read(tmp_path)
     offset = text.encode("latin-1").index(b"\xe9")
     refused(tmp_path, AnnotationFormatError, rf"instances.json is not UTF-8 text: byte 0xe9 at offset {offset}",
             load_coco_json, ann)  # fmt: skip
-    for encoding in ("utf-8-sig", "utf-16"):  # a BOM is allowed by RFC 8259 readers; the name comes out right
+    for encoding in ("utf-8-sig", "utf-16", "utf-32"):  # a BOM is allowed by RFC 8259 readers; the name comes out right
         ann.write_bytes(text.encode(encoding))
         assert load_coco_json(ann)["categories"][0]["name"] == "café"
 
@@ -414,6 +414,7 @@ def test_visualize_same_stem_in_two_folders_gives_two_files(tmp_path):
             r"image_ids \[7\] are not in .*instances.json's 'images'",
         ),
         ([{"image_id": 1, "category_id": 4, "bbox": [1, 2, 3, 4], "score": 0.9}], r"category_ids \[4\] are not in"),
+        ([{"image_id": 1, "category_id": 1, "bbox": [1, 2, 3, 4], "score": "high"}], r"entry \[0\] has score='high'"),
     ],
 )
 def test_visualize_results_file_errors_are_one_message(tmp_path, capsys, results, match):
@@ -429,14 +430,19 @@ def test_visualize_results_file_errors_are_one_message(tmp_path, capsys, results
     assert snapshot(tmp_path) == before
 
 
-def test_visualize_negative_limit_is_refused_naming_the_range(tmp_path, capsys):
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--limit", "-1"], "limit=-1 is not valid; use an integer >= 0 (0 = every image)"),
+        (["--score", "1.5"], "score=1.5 is not valid; use a score threshold in [0, 1]"),
+    ],
+)
+def test_visualize_out_of_range_arguments_are_refused_naming_the_range(tmp_path, capsys, args, message):
     img_dir, ann = write_coco(tmp_path, n=1)
     before = snapshot(tmp_path)
     with pytest.raises(SystemExit) as info:
-        tool("visualize").main(["--ann", str(ann), "--images", str(img_dir), "--out", str(tmp_path / "o"), "--limit",
-                                "-1"])  # fmt: skip
-    assert info.value.code == 2
-    assert "limit=-1 is not valid; use an integer >= 0 (0 = every image)" in capsys.readouterr().err
+        tool("visualize").main(["--ann", str(ann), "--images", str(img_dir), "--out", str(tmp_path / "o"), *args])
+    assert info.value.code == 2 and message in capsys.readouterr().err
     assert snapshot(tmp_path) == before
 
 
@@ -448,6 +454,7 @@ def test_visualize_negative_limit_is_refused_naming_the_range(tmp_path, capsys):
         (["--batch-size", "0"], "batch_size=0 is not valid; use an integer >= 1"),
         (["--repeats", "0"], "repeats=0 is not valid; use an integer >= 1"),
         (["--warmup", "-1"], "warmup=-1 is not valid; use an integer >= 0"),
+        (["--baseline", "mobilenet_v1_x0_3"], "unknown model 'mobilenet_v1_x0_3'; close matches: mobilenet_v1_x0_5"),
     ],
 )
 def test_benchmark_arguments_refused_before_any_timing(capsys, monkeypatch, args, message):
