@@ -142,7 +142,9 @@ def test_undecodable_image_skip_and_fail(tmp_path):
     images, targets, ids = collate([CocoDetection(img_dir, ann)[0], skipped])
     assert len(images) == len(targets) == 1 and ids == [3]
     with pytest.raises(RuntimeError, match=r"3\.jpg.*could not be decoded"):
-        CocoDetection(img_dir, ann, on_bad_image="fail")[2]
+        CocoDetection(img_dir, ann, on_bad_image="fail")  # at construction: the probe decodes all 3 images
+    with pytest.raises(RuntimeError, match=r"3\.jpg.*could not be decoded"):
+        CocoDetection(img_dir, ann, on_bad_image="fail", probe_images=0)[2]  # when loaded
     with pytest.raises(ValueError, match="on_bad_image='ignore'.*skip, fail"):
         CocoDetection(img_dir, ann, on_bad_image="ignore")
 
