@@ -34,6 +34,8 @@ from PIL import ExifTags, Image, ImageOps
 from torch import Tensor
 from torch.utils.data import Dataset, Sampler
 
+from backbones.checks import check, check_int
+
 logger = logging.getLogger(__name__)
 
 BAD_IMAGE_POLICIES = ("skip", "fail")
@@ -79,8 +81,12 @@ def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
+def _number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
 def _positive(v: Any) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool) and v > 0
+    return _number(v) and v > 0
 
 
 def _duplicates(values: Sequence[Any]) -> list[Any]:
@@ -241,6 +247,10 @@ class CocoDetection(Dataset):
             raise ValueError(
                 f"on_bad_image={on_bad_image!r} is not valid; choose one of {', '.join(BAD_IMAGE_POLICIES)}"
             )
+        check("min_box_size", min_box_size, _positive(min_box_size),
+              "use a side > 0 in pixels: narrower or lower boxes are dropped (the detectors need boxes of positive "
+              "width and height)")  # fmt: skip
+        check_int("probe_images", probe_images, 0, meaning="images decoded at construction; 0 = none")
         self.image_dir = Path(image_dir)
         if not self.image_dir.is_dir():
             raise FileNotFoundError(f"image folder {os.fspath(self.image_dir)!r} does not exist")
@@ -442,6 +452,12 @@ class Compose:
 
 
 def build_transforms(train: bool, min_size: int | None, max_size: int | None, hflip: float = 0.5) -> Compose:
+    """Resize (when ``min_size`` is set; ``max_size`` defaults to it) and, for training, a random flip."""
+    if min_size is not None:
+        check_int("min_size", min_size, 1, meaning="the shorter side in pixels; unset = keep the image size")
+    if max_size is not None:
+        check_int("max_size", max_size, max(1, min_size or 1), meaning="the longer side's cap, >= min_size")
+    check("hflip", hflip, _number(hflip) and 0 <= hflip <= 1, "use a flip probability in [0, 1]")
     ts: list[Any] = []
     if min_size:
         ts.append(Resize(min_size, max_size or min_size))

@@ -22,7 +22,15 @@ from PIL import Image
 import backbones
 from classification.data import BadImageError as ClsBadImageError
 from classification.data import build_datasets
-from detection.data import AnnotationFormatError, BadImageError, CocoDetection, SkippedImage, load_coco_json, read_image
+from detection.data import (
+    AnnotationFormatError,
+    BadImageError,
+    CocoDetection,
+    SkippedImage,
+    build_transforms,
+    load_coco_json,
+    read_image,
+)
 from detection.models import build_detector
 from detection.visualize import draw_dataset
 
@@ -242,6 +250,34 @@ def test_some_missing_images_fail_or_are_skipped_and_counted(tmp_path, caplog):
         ds = CocoDetection(img_dir, ann, on_bad_image="skip")
     assert "1 of 4 images missing ('3.jpg')" in caplog.text
     assert isinstance(ds[2], SkippedImage) and ds[2].image_id == 3
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"min_box_size": -50}, r"min_box_size=-50 is not valid; use a side > 0 in pixels"),
+        ({"min_box_size": 0}, r"min_box_size=0 is not valid"),  # would keep zero-width boxes: torchvision asserts
+        ({"probe_images": -1}, r"probe_images=-1 is not valid; use an integer >= 0"),
+    ],
+)
+def test_dataset_options_out_of_range_are_named(tmp_path, kwargs, match):
+    img_dir, ann = write_coco(tmp_path)
+    refused(tmp_path, ValueError, match, CocoDetection, img_dir, ann, **kwargs)
+
+
+@pytest.mark.parametrize(
+    "args, exc, match",
+    [
+        ((0, 1333), ValueError, r"min_size=0 is not valid; use an integer >= 1"),
+        ((800, 600), ValueError, r"max_size=600 is not valid; use an integer >= 800"),
+        (("800", None), TypeError, r"min_size='800' is not valid \(str\)"),
+    ],
+)
+def test_transform_sizes_out_of_range_are_named(args, exc, match):
+    with pytest.raises(exc, match=match):
+        build_transforms(True, *args)
+    with pytest.raises(ValueError, match=r"hflip=2 is not valid; use a flip probability in \[0, 1\]"):
+        build_transforms(True, 800, 1333, hflip=2)
 
 
 # ---- classification: ImageFolder ------------------------------------------------------------------------------------
