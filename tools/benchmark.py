@@ -30,6 +30,7 @@ import backbones  # noqa: E402
 from backbones.benchmark import (  # noqa: E402
     TIMING_COLUMNS,
     begin_report,
+    check_options,
     check_report_path,
     compare,
     cpu_peak_mb,
@@ -63,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--amp", action="store_true", help="bf16 autocast on CPU, fp16 on CUDA")
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--modes", default="forward,train")
+    ap.add_argument("--modes", default="forward,train", help="comma-separated: forward, train")
     ap.add_argument("--twin", choices=("timm", "torchvision"), default=None)
     ap.add_argument("--baseline", default=None, help="compare with another registered model instead of the twin")
     ap.add_argument("--peak-memory", action="store_true", help="also measure peak memory of each step")
@@ -89,7 +90,15 @@ def main(argv: list[str] | None = None) -> int:
     names = [n for n in backbones.list_models() if backbones.model_card(n).twins] if args.all else args.models
     if not names:
         ap.error("name at least one model, or --all")
-    modes = tuple(args.modes.split(","))
+    modes = tuple(m for m in args.modes.split(",") if m)
+    try:
+        check_options(args.batch_size, args.repeats, args.warmup, modes, args.input_size)
+        for n in [*names, *([args.baseline] if args.baseline else [])]:
+            backbones.model_card(n)  # an unknown name is named with close matches
+    except (TypeError, ValueError) as e:
+        ap.error(str(e))
+    except KeyError as e:
+        ap.error(e.args[0])
     options = dict(args.option)
     settings = {k: v for k, v in vars(args).items() if k not in ("models", "all", "json", "render", "write")}
     report = begin_report("twins", "python tools/benchmark.py " + shlex.join(sys.argv[1:] if argv is None else argv),
@@ -104,22 +113,11 @@ def main(argv: list[str] | None = None) -> int:
             "--channels-last puts both in channels-last, --option channels_last=False keeps ours contiguous"
         )
     )
+    keys = ("batch_size", "input_size", "device", "channels_last", "amp", "repeats", "warmup", "baseline")
+    common = {**{k: getattr(args, k) for k in keys}, "modes": modes, "twin_lib": args.twin, "options": options}
     results = []
     for name in names:
-        rs = compare(
-            name,
-            batch_size=args.batch_size,
-            input_size=args.input_size,
-            device=args.device,
-            channels_last=args.channels_last,
-            amp=args.amp,
-            repeats=args.repeats,
-            warmup=args.warmup,
-            modes=modes,
-            twin_lib=args.twin,
-            baseline=args.baseline,
-            options=options,
-        )
+        rs = compare(name, **common)
         if args.peak_memory and args.device == "cpu":
             for r in rs:
                 opts = options if r.impl == "ours" else {}
