@@ -34,7 +34,7 @@ def is_hdf5(path: str | os.PathLike) -> bool:
 def _h5py() -> Any:
     try:
         import h5py
-    except ModuleNotFoundError as e:
+    except ImportError as e:
         raise ModuleNotFoundError(
             "reading Keras HDF5 weights needs h5py: pip install 'cnn-backbones[keras]' (or pip install h5py)"
         ) from e

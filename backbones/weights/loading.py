@@ -128,6 +128,13 @@ def _card_source(card: Any, fmt: str) -> Source | None:
 
 
 def _plan_torch(name: str, state: dict[str, Tensor], origin: str, options: dict[str, Any], source: Source | None):
+    plan = _plan_layout(name, state, origin, options, source)
+    if source is not None:  # a published source: its numerics whatever the layout (a re-saved file keeps them)
+        plan.reference, plan.exact_reference, plan.source = source.reference, True, source
+    return plan
+
+
+def _plan_layout(name: str, state: dict[str, Tensor], origin: str, options: dict[str, Any], source: Source | None):
     from ..registry import build, model_card
     from . import cadene, megvii
 
@@ -182,7 +189,7 @@ def _with_classes(convert: Callable[[nn.Module], dict[str, Tensor]], source: Sou
 def _timm_state(source: Source) -> Callable[[nn.Module], dict[str, Tensor]]:
     try:
         import timm
-    except ModuleNotFoundError as e:
+    except ImportError as e:
         raise ModuleNotFoundError(
             f"pretrained={source.name!r} loads {source.library_name} through timm, which is not installed: "
             f"pip install 'cnn-backbones[timm]' (or pip install timm)"

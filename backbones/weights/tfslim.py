@@ -26,8 +26,11 @@ _ARCHIVES = (".tar.gz", ".tgz", ".tar")
 
 def is_checkpoint(path: str) -> bool:
     """A TF-slim archive, a directory holding ``*.index``, a ``.index`` file or a prefix with one next to it."""
-    if path.endswith(_ARCHIVES) and os.path.isfile(path):
-        return True
+    if path.endswith(_ARCHIVES) and os.path.isfile(path):  # megvii's ".pth.tar" files are torch zips, not tars
+        if not tarfile.is_tarfile(path):
+            return False
+        with tarfile.open(path) as tar:
+            return any(name.endswith(".index") for name in tar.getnames())
     if os.path.isdir(path):
         return bool(glob.glob(os.path.join(path, "*.index")))
     return path.endswith(".index") or os.path.isfile(path + ".index")
@@ -36,7 +39,7 @@ def is_checkpoint(path: str) -> bool:
 def _tensorflow():
     try:
         import tensorflow as tf
-    except ModuleNotFoundError as e:
+    except ImportError as e:
         raise ModuleNotFoundError(
             "reading TF-slim checkpoints needs TensorFlow: pip install 'cnn-backbones[tf]' (or pip install "
             "tensorflow-cpu)"
