@@ -84,6 +84,18 @@ def test_nasnet_same_pools_per_reference(side):
 
 
 # ---- the published sources as data ----------------------------------------------------------------------------------
+def test_docs_weights_table_is_the_cards():
+    from pathlib import Path
+
+    from backbones.weights.table import END, START, weights_table
+    from backbones.zoo import replace_between_markers
+
+    doc = (Path(__file__).parents[1] / "docs" / "weights.md").read_text()
+    assert replace_between_markers(doc, weights_table(), START, END) == doc, (
+        "docs/weights.md is stale: run python tools/model_zoo.py --weights-table"
+    )
+
+
 def test_sources_are_consistent_data():
     for name in backbones.list_models():
         card = backbones.model_card(name)
