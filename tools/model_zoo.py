@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pattern", default="*", help="shell-style filter on model names")
     ap.add_argument("--write-readme", action="store_true", help="write the table into README.md")
     ap.add_argument("--write-conf", action="store_true", help="write conf/backbone/<name>.yaml for every model")
-    ap.add_argument("--weights-table", action="store_true", help="write the published-weights table into docs/weights.md")
+    ap.add_argument("--weights-table", action="store_true", help="write the weights table into docs/weights.md")
     args = ap.parse_args(argv)
     if args.weights_table:
         _write(ROOT / "docs" / "weights.md", weights_table(), START, END)
