@@ -16,17 +16,29 @@ import re
 
 from torch import Tensor, nn
 
+from .core import rename_keys
+
 REFERENCE = {"resnext": None, "tf_port": "tf"}
+# Torch7 ResNeXt block-internal indices -> ours
 _BLOCK_PARTS = {
-    "0.0.0.0.": "conv1.",
-    "0.0.0.1.": "bn1.",
-    "0.0.0.3.": "conv2.",
-    "0.0.0.4.": "bn2.",
-    "0.0.1.": "conv3.",
-    "0.0.2.": "bn3.",
-    "0.1.0.": "downsample.0.",
-    "0.1.1.": "downsample.1.",
+    "0.0.0.0": "conv1",
+    "0.0.0.1": "bn1",
+    "0.0.0.3": "conv2",
+    "0.0.0.4": "bn2",
+    "0.0.1": "conv3",
+    "0.0.2": "bn3",
+    "0.1.0": "downsample.0",
+    "0.1.1": "downsample.1",
 }
+_RESNEXT_RENAMES = (
+    (r"^features\.0\.", "body.stem.conv1."),
+    (r"^features\.1\.", "body.stem.bn1."),
+    (r"^last_linear\.", "fc."),
+    (
+        r"^features\.([4-7])\.(\d+)\.(0\.0\.0\.\d|0\.0\.\d|0\.1\.\d)\.",
+        lambda m: f"body.layer{int(m[1]) - 3}.{m[2]}.{_BLOCK_PARTS[m[3]]}." if m[3] in _BLOCK_PARTS else m[0],
+    ),
+)
 
 
 def layout(state: dict[str, Tensor]) -> str | None:
@@ -41,28 +53,9 @@ def layout(state: dict[str, Tensor]) -> str | None:
 
 def to_state_dict(model: nn.Module, state: dict[str, Tensor], kind: str) -> dict[str, Tensor]:
     if kind == "resnext":
-        return _resnext(state)
+        return rename_keys(state, _RESNEXT_RENAMES)
     if not any(k.startswith("conv_0.") for k in state):  # NASNet-A (PNASNet's cells are named in execution order)
         normal = sorted({int(m[1]) for k in state if (m := re.match(r"cell_(\d+)\.", k))})
         index = {n: i for i, n in enumerate(normal)}
         state = {re.sub(r"^cell_(\d+)\.", lambda m: f"cell_{index[int(m[1])]}.", k): v for k, v in state.items()}
     return model.remap_state_dict(state)
-
-
-def _resnext(state: dict[str, Tensor]) -> dict[str, Tensor]:
-    out = {}
-    for key, value in state.items():
-        new = key
-        if key.startswith("features.0."):
-            new = "body.stem.conv1." + key.removeprefix("features.0.")
-        elif key.startswith("features.1."):
-            new = "body.stem.bn1." + key.removeprefix("features.1.")
-        elif key.startswith("last_linear."):
-            new = "fc." + key.removeprefix("last_linear.")
-        elif m := re.match(r"features\.([4-7])\.(\d+)\.", key):
-            rest = key[m.end() :]
-            part = next((p for p in _BLOCK_PARTS if rest.startswith(p)), None)
-            if part is not None:
-                new = f"body.layer{int(m[1]) - 3}.{m[2]}.{_BLOCK_PARTS[part]}{rest.removeprefix(part)}"
-        out[new] = value
-    return out

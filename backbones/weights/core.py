@@ -82,8 +82,9 @@ def load_state_dict_checked(model: nn.Module, state: dict[str, Tensor], origin: 
     model.load_state_dict(state, strict=False)
 
 
-def rename_keys(state_dict: dict[str, Tensor], renames: tuple[tuple[str, str], ...]) -> dict[str, Tensor]:
-    """Apply ``(regex, replacement)`` renames, in order, to every key: a twin's names mapped onto ours as data."""
+def rename_keys(state_dict: dict[str, Tensor], renames: tuple[tuple[str, Any], ...]) -> dict[str, Tensor]:
+    """Apply ``(regex, replacement)`` renames, in order, to every key: a twin's names mapped onto ours as data (a
+    replacement is a ``re.sub`` template or a function of the match)."""
     import re
 
     out = {}

@@ -13,14 +13,10 @@ import re
 
 from torch import Tensor, nn
 
-_PARTS = {
-    "branch_main_1.0.": "pw1.conv.",
-    "branch_main_1.1.": "pw1.bn.",
-    "branch_main_1.3.": "dw.conv.",
-    "branch_main_1.4.": "dw.bn.",
-    "branch_main_2.0.": "pw2.conv.",
-    "branch_main_2.1.": "pw2.bn.",
-}
+from .core import rename_keys
+
+# their unit-internal module indices -> ours (branch_main_1: pw conv, bn, ReLU, dw conv, bn; branch_main_2: pw, bn)
+_PARTS = {"1.0": "pw1.conv", "1.1": "pw1.bn", "1.3": "dw.conv", "1.4": "dw.bn", "2.0": "pw2.conv", "2.1": "pw2.bn"}
 
 
 def is_megvii(state: dict[str, Tensor]) -> bool:
@@ -29,20 +25,16 @@ def is_megvii(state: dict[str, Tensor]) -> bool:
 
 def to_state_dict(model: nn.Module, state: dict[str, Tensor]) -> dict[str, Tensor]:
     """Their keys onto ours; keys that fit no rule are kept, so the checked load names them."""
-    units = [f"body.{stage}.{j}." for stage in ("stage2", "stage3", "stage4") for j in range(len(model.body[stage]))]
-    out = {}
-    for key, value in state.items():
-        new = key
-        if key.startswith("first_conv.0."):
-            new = "body.stem.conv." + key.removeprefix("first_conv.0.")
-        elif key.startswith("first_conv.1."):
-            new = "body.stem.bn." + key.removeprefix("first_conv.1.")
-        elif key.startswith("classifier.0."):
-            new = "fc." + key.removeprefix("classifier.0.")
-        elif (m := re.match(r"features\.(\d+)\.", key)) and int(m[1]) < len(units):
-            rest = key[m.end() :]
-            part = next((p for p in _PARTS if rest.startswith(p)), None)
-            if part is not None:
-                new = units[int(m[1])] + _PARTS[part] + rest.removeprefix(part)
-        out[new] = value
-    return out
+    units = [f"body.{stage}.{j}" for stage in ("stage2", "stage3", "stage4") for j in range(len(model.body[stage]))]
+
+    def unit(m: re.Match) -> str:
+        k = int(m[1])
+        return f"{units[k]}.{_PARTS[m[2]]}." if k < len(units) and m[2] in _PARTS else m[0]
+
+    renames = (
+        (r"^first_conv\.0\.", "body.stem.conv."),
+        (r"^first_conv\.1\.", "body.stem.bn."),
+        (r"^classifier\.0\.", "fc."),
+        (r"^features\.(\d+)\.branch_main_(\d\.\d)\.", unit),
+    )
+    return rename_keys(state, renames)

@@ -150,6 +150,18 @@ def _mobilenet(alpha: str, keras_alpha: str) -> tuple[Source, ...]:
     return tuple(out)
 
 
+def _densenet(depth: int, tag: str, timm_top1: float, tv_hash: str, tv_top1: float, md5=None, keras_top1=None):
+    """timm, torchvision and (121/169/201) Keras weights of DenseNet-<depth>."""
+    name = f"densenet{depth}"
+    sources = [
+        _timm(f"{name}.{tag}", timm_top1),
+        _tv(f"{name}:IMAGENET1K_V1", f"https://download.pytorch.org/models/{name}-{tv_hash}.pth", tv_top1),
+    ]
+    if md5 is not None:
+        sources.append(_keras(f"densenet/{name}_weights_tf_dim_ordering_tf_kernels.h5", md5, keras_top1))
+    return ModelWeights(tuple(sources), ("timm", "torchvision", "tf") if md5 else ())
+
+
 _MOBILENET_REFS = ("timm", "tf")
 _NAS_REFS = ("timm", "tf")
 _NASNET_A_REFS = ("timm", "tf", "keras")
@@ -174,42 +186,10 @@ def _megvii(group: int, scale: str) -> ModelWeights:
 
 WEIGHTS: dict[str, ModelWeights] = {
     # ---- DenseNet -------------------------------------------------------------------------------------------------
-    "densenet121": ModelWeights(
-        (
-            _timm("densenet121.ra_in1k", 75.574),
-            _tv("densenet121:IMAGENET1K_V1", "https://download.pytorch.org/models/densenet121-a639ec97.pth", 74.434),
-            _keras(
-                "densenet/densenet121_weights_tf_dim_ordering_tf_kernels.h5", "9d60b8095a5708f2dcce2bca79d332c7", 74.520
-            ),
-        ),
-        ("timm", "torchvision", "tf"),
-    ),  # fmt: skip
-    "densenet161": ModelWeights(
-        (
-            _timm("densenet161.tv_in1k", 77.384),
-            _tv("densenet161:IMAGENET1K_V1", "https://download.pytorch.org/models/densenet161-8d451a50.pth", 77.138),
-        ),
-    ),
-    "densenet169": ModelWeights(
-        (
-            _timm("densenet169.tv_in1k", 75.922),
-            _tv("densenet169:IMAGENET1K_V1", "https://download.pytorch.org/models/densenet169-b2777c0a.pth", 75.6),
-            _keras(
-                "densenet/densenet169_weights_tf_dim_ordering_tf_kernels.h5", "d699b8f76981ab1b30698df4c175e90b", 76.074
-            ),
-        ),
-        ("timm", "torchvision", "tf"),
-    ),  # fmt: skip
-    "densenet201": ModelWeights(
-        (
-            _timm("densenet201.tv_in1k", 77.284),
-            _tv("densenet201:IMAGENET1K_V1", "https://download.pytorch.org/models/densenet201-c1103571.pth", 76.896),
-            _keras(
-                "densenet/densenet201_weights_tf_dim_ordering_tf_kernels.h5", "1ceb130c1ea1b78c3bf6114dbdfd8807", 77.064
-            ),
-        ),
-        ("timm", "torchvision", "tf"),
-    ),  # fmt: skip
+    "densenet121": _densenet(121, "ra_in1k", 75.574, "a639ec97", 74.434, "9d60b8095a5708f2dcce2bca79d332c7", 74.520),
+    "densenet161": _densenet(161, "tv_in1k", 77.384, "8d451a50", 77.138),
+    "densenet169": _densenet(169, "tv_in1k", 75.922, "b2777c0a", 75.6, "d699b8f76981ab1b30698df4c175e90b", 76.074),
+    "densenet201": _densenet(201, "tv_in1k", 77.284, "c1103571", 76.896, "1ceb130c1ea1b78c3bf6114dbdfd8807", 77.064),
     # ---- MobileNet v1 ---------------------------------------------------------------------------------------------
     "mobilenet_v1_x1_0": ModelWeights(
         (_timm("mobilenetv1_100.ra4_e3600_r224_in1k", 75.388), *_mobilenet("1.0", "1_0")), _MOBILENET_REFS
