@@ -40,6 +40,7 @@ LABELS = {
     "megvii": "megvii ShuffleNet-Series",
     "keras": "Keras applications HDF5",
     "tf-slim": "a TF-slim checkpoint",
+    "unknown": "a PyTorch state dict in none of the known layouts (ours, timm, torchvision, Cadene, megvii)",
 }
 SOURCE_KINDS = ("timm", "torchvision", "keras", "cadene", "megvii", "tf-slim")
 
@@ -97,9 +98,7 @@ def plan_pretrained(name: str, pretrained: bool | str | os.PathLike, options: di
 def _plan_source(name: str, source: Source, options: dict[str, Any]) -> Plan:
     if source.format == "timm":
         return Plan("timm", source.reference, f"timm {source.library_name}", _timm_state(source), source)
-    path = download.fetch(source)
-    plan = _plan_file(name, path, options, source)
-    return plan
+    return _plan_file(name, download.fetch(source), options, source)
 
 
 def _plan_file(name: str, path: str, options: dict[str, Any], source: Source | None = None) -> Plan:
@@ -110,12 +109,12 @@ def _plan_file(name: str, path: str, options: dict[str, Any], source: Source | N
     card = model_card(name)
     origin = repr(path)
     if tfslim.is_checkpoint(path):
-        src = source or _card_source(card, "tf_slim")
+        src = source or _find(card, fmt="tf_slim")
         reader = tfslim.Reader(path, src.member if src else None)
         return Plan("tf-slim", src.reference if src else "tf", origin, _with_classes(reader.to_state_dict, src), src)
     if os.path.isfile(path) and keras_h5.is_hdf5(path):
         layers = keras_h5.read_h5(path)
-        src = source or _card_source(card, "keras_h5")
+        src = source or _find(card, fmt="keras_h5")
         return Plan("keras", src.reference if src else "tf", origin, lambda m: keras_h5.to_state_dict(m, layers), src)
     if os.path.isdir(path) or tarfile.is_tarfile(path):
         raise CheckpointMismatchError(f"{origin} holds no TF-slim checkpoint (no '<prefix>.index' file)")
@@ -123,8 +122,9 @@ def _plan_file(name: str, path: str, options: dict[str, Any], source: Source | N
     return _plan_torch(name, state, origin, options, source)
 
 
-def _card_source(card: Any, fmt: str) -> Source | None:
-    return next((s for s in card.sources if s.format == fmt), None)
+def _find(card: Any, fmt: str | None = None, name: str | None = None) -> Source | None:
+    """The card's first source of format ``fmt`` / called ``name``, if any."""
+    return next((s for s in card.sources if s.format == (fmt or s.format) and s.name == (name or s.name)), None)
 
 
 def _plan_torch(name: str, state: dict[str, Tensor], origin: str, options: dict[str, Any], source: Source | None):
@@ -146,26 +146,22 @@ def _plan_layout(name: str, state: dict[str, Tensor], origin: str, options: dict
     if own <= set(state):
         return Plan("ours", options.get("reference"), origin, lambda m: dict(state), source, exact_reference=False)
     if megvii.is_megvii(state):
-        src = source or _named(card, "megvii")
+        src = source or _find(card, name="megvii")
         return Plan("megvii", "megvii", origin, lambda m: megvii.to_state_dict(m, state), src)
     cadene_kind = cadene.layout(state)
     if cadene_kind is not None:
-        src = source or _named(card, "cadene")
+        src = source or _find(card, name="cadene")
         ref = src.reference if src is not None else cadene.REFERENCE[cadene_kind]
         return Plan("cadene", ref, origin, _with_classes(lambda m: cadene.to_state_dict(m, state, cadene_kind), src),
                     src)  # fmt: skip
     # a twin's layout (timm / torchvision; Cadene's SE-Nets and Xception are timm's legacy_* layout)
     if own <= set(probe.remap_state_dict(dict(state))):
-        kind = "torchvision" if source is not None and source.format == "torchvision" else next(iter(card.twins), None)
-        if kind is None:
-            kind = "timm"
+        kind = (
+            "torchvision" if source is not None and source.format == "torchvision" else next(iter(card.twins), "timm")
+        )
         ref = source.reference if source is not None else card.padding_reference or kind
         return Plan(kind, ref, origin, lambda m: m.remap_state_dict(dict(state)), source)
-    return Plan("ours", options.get("reference"), origin, lambda m: dict(state), source, exact_reference=False)
-
-
-def _named(card: Any, name: str) -> Source | None:
-    return next((s for s in card.sources if s.name == name), None)
+    return Plan("unknown", options.get("reference"), origin, lambda m: dict(state), source, exact_reference=False)
 
 
 def _with_classes(convert: Callable[[nn.Module], dict[str, Tensor]], source: Source | None):
