@@ -94,15 +94,18 @@ def test_keras_file_of_another_model_names_the_source(keras_files):
 @pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="Keras' NASNet needs the jax backend (jax[cpu])")
 @needs_keras
-def test_keras_nasnet_mobile(tmp_path):
-    """Keras 3 NASNetMobile (jax backend): reference="keras" reproduces it. The loader's choice for the file is
-    reference="tf", the network the weights were published with (keras-applications' NASNet pools with TF 'SAME',
-    as TF-slim; see test_weights_cadene.py for that oracle): Keras 3 zero-pads its stride-2 reduction pools instead,
-    which the comparison shows."""
-    run_oracle(tmp_path, ["nasnet_mobile:224"], "jax")
-    err, model = rel_error(tmp_path, "nasnet_mobile:224", "nasnet_a_mobile", reference="keras")
-    print(f"nasnet_mobile:224 reference='keras': {err:.2e}")
+@pytest.mark.parametrize(
+    "case,name", [("nasnet_mobile:224", "nasnet_a_mobile"), ("nasnet_large:331", "nasnet_a_large")]
+)
+def test_keras_nasnet(tmp_path, case, name):
+    """Keras 3 NASNetMobile / NASNetLarge (jax backend): reference="keras" reproduces them. The loader's choice for
+    the file is reference="tf", the network the weights were published with (keras-applications' NASNet pools with
+    TF 'SAME', as TF-slim; see test_weights_cadene.py for that oracle): Keras 3 zero-pads its stride-2 reduction
+    pools instead, which the comparison shows."""
+    run_oracle(tmp_path, [case], "jax")
+    err, model = rel_error(tmp_path, case, name, reference="keras")
+    print(f"{case} reference='keras': {err:.2e}")
     assert model.reference == "keras" and err <= TOL
-    err_tf, model = rel_error(tmp_path, "nasnet_mobile:224", "nasnet_a_mobile")
-    print(f"nasnet_mobile:224 reference='tf' (the loader's choice) vs Keras 3: {err_tf:.2e}")
+    err_tf, model = rel_error(tmp_path, case, name)
+    print(f"{case} reference='tf' (the loader's choice) vs Keras 3: {err_tf:.2e}")
     assert model.reference == "tf" and err_tf > 100 * TOL
