@@ -21,6 +21,10 @@ feed the 3x3 conv are recomputed too: they cost little, and keeping the 1x1 conv
 DenseNet-121 at 0.48x the standard saved activations instead of 0.35x. Outputs, gradients and BN running
 statistics are unchanged.
 
+``reference`` (docs/weights.md): ``"timm"`` and ``"torchvision"`` compute as the default (the twins' numerics);
+``"tf"`` is Keras' DenseNet, whose every BatchNorm uses eps 1.001e-5 (keras ``applications/densenet.py``; its
+zero-padded 7x7 stem and 3x3/2 max-pool after a ReLU are our padded ones).
+
 Deviation: ``drop_path_rate`` has no meaning here (a dense layer has no residual path to drop); only 0.0 is accepted.
 """
 
@@ -40,9 +44,11 @@ from torch.utils.checkpoint import checkpoint
 
 from .base import Backbone
 from .layers import ConvNormAct
-from .registry import CIFAR_MEAN, CIFAR_STD, ModelCard, register_model
+from .registry import CIFAR_MEAN, CIFAR_STD, ModelCard, register_model, resolve_reference
 
 STEMS = ("imagenet", "cifar")
+REFERENCES = ("timm", "torchvision", "tf")
+KERAS_BN_EPS = 1.001e-5  # keras applications/densenet.py, every BatchNormalization
 
 
 @dataclass(frozen=True)
@@ -200,6 +206,7 @@ class DenseNet(Backbone):
             backward (same maths, less memory); ``set_grad_checkpointing`` toggles it after construction.
         drop_path_rate: must be 0.0 (no residual path in DenseNet).
         reference_padding: accepted for the common interface; DenseNet pads identically either way.
+        reference: None, ``"timm"``, ``"torchvision"`` (all the same numerics) or ``"tf"`` (Keras: BN eps 1.001e-5).
     """
 
     head_modules = ("classifier",)
@@ -220,8 +227,10 @@ class DenseNet(Backbone):
         in_chans: int = 3,
         drop_path_rate: float = 0.0,
         reference_padding: bool = False,
+        reference: str | None = None,
     ) -> None:
         super().__init__()
+        self.reference = resolve_reference(reference, reference_padding, REFERENCES, None)
         if stem not in STEMS:
             raise ValueError(f"stem={stem!r} is not valid; choose one of {', '.join(map(repr, STEMS))}")
         if drop_path_rate != 0.0:
@@ -273,6 +282,10 @@ class DenseNet(Backbone):
         self.body = nn.ModuleDict(body)
         self.num_features = channels
         self.classifier = nn.Linear(channels, num_classes) if num_classes > 0 else nn.Identity()
+        if self.reference == "tf":
+            for m in self.modules():
+                if isinstance(m, nn.BatchNorm2d):
+                    m.eps = KERAS_BN_EPS
         self.init_weights()
 
     def stage_modules(self) -> list[list[str]]:

@@ -49,6 +49,13 @@ class ModelCard:
             model built with ``reference_padding=True`` (where the default pads for exact ``H / 2**i`` levels and so
             computes on larger maps, e.g. SqueezeNet's valid conv1).
         notes: discrepancies between sources, deliberate deviations.
+        references: the values ``reference=`` accepts besides None (the default: exact ``H / 2**i`` levels), each
+            naming whose numerics the model then reproduces exactly (``"timm"``, ``"torchvision"``, ``"tf"``,
+            ``"keras"``, ``"megvii"``, ``"caffe"``; see ``docs/weights.md``).
+        padding_reference: the reference ``reference_padding=True`` stands for (the twin's, where there is one).
+        sources: the published ImageNet weights of this network (:class:`backbones.weights.sources.Source`: URL,
+            published hash, license, the top-1 the source reports, its ``reference``), as data.
+        default_source: the source ``pretrained=True`` fetches.
     """
 
     family: str
@@ -71,6 +78,23 @@ class ModelCard:
     macs_tol: float = 0.02
     macs_reference_padding: bool = False
     notes: str = ""
+    references: tuple[str, ...] = ()
+    padding_reference: str | None = None
+    sources: tuple[Any, ...] = ()
+    default_source: str | None = None
+
+    def source(self, name: str) -> Any:
+        """The published source called ``name`` (``"keras"``, ``"cadene"``, ...).
+
+        Raises:
+            ValueError: naming the valid sources of this model.
+        """
+        for s in self.sources:
+            if s.name == name:
+                return s
+        names = [s.name for s in self.sources]
+        valid = f"this model's published sources are {', '.join(map(repr, names))}" if names else "it has none"
+        raise ValueError(f"pretrained={name!r} is not a published source of this model; {valid}")
 
     @property
     def num_params_m(self) -> float:
@@ -103,7 +127,10 @@ def register_model(name: str, builder: Callable[..., Any], card: ModelCard, **de
     Raises:
         ValueError: if ``name`` is already registered (both registration sites are named).
     """
+    from .weights.sources import with_weights  # pure data; the weights package imports nothing of the registry
+
     site = _caller_site()
+    card = with_weights(name, card)
     if name in _REGISTRY:
         raise ValueError(f"model {name!r} registered twice: first at {_REGISTRY[name].site}, again at {site}")
     _REGISTRY[name] = _Entry(name, builder, card, dict(defaults), site)
@@ -173,3 +200,41 @@ def build(name: str, options: dict[str, Any]) -> Any:
     model = entry.builder(**kwargs)
     model.model_name = name
     return model
+
+
+#: every value ``reference=`` can take besides None, and what it reproduces (docs/weights.md)
+REFERENCES: dict[str, str] = {
+    "timm": "the timm twin's numerics (its padding, pooling and BN eps)",
+    "torchvision": "the torchvision twin's numerics",
+    "tf": "TensorFlow: 'SAME' padding (the extra row/column at the bottom/right on stride 2), average pools that "
+    "exclude the padding, TF BN eps (TF-slim, Keras applications as published, the ENAS code)",
+    "keras": "the network of the Keras 3 applications code, where it differs from the TF original it was ported from",
+    "megvii": "megvii-model/ShuffleNet-Series (their channel-shuffle order)",
+    "caffe": "the authors' Caffe prototxt",
+}
+
+
+def resolve_reference(
+    reference: str | None, reference_padding: bool, accepted: tuple[str, ...], padding_alias: str | None
+) -> str | None:
+    """The reference a family builds: ``reference``, or ``padding_alias`` for the legacy ``reference_padding=True``.
+
+    Raises:
+        ValueError: for a reference this family cannot reproduce, naming the accepted ones, or for
+            ``reference_padding=True`` combined with another reference.
+    """
+    if reference is not None and reference not in accepted:
+        close = difflib.get_close_matches(str(reference), accepted, n=2, cutoff=0.5)
+        hint = f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
+        raise ValueError(
+            f"reference={reference!r} is not valid{hint}; accepted: None (exact H / 2**i levels)"
+            + "".join(f", {r!r}" for r in accepted)
+        )
+    if reference_padding:
+        if reference is not None and reference != padding_alias:
+            raise ValueError(
+                f"reference_padding=True stands for reference={padding_alias!r}; it cannot be combined with "
+                f"reference={reference!r} (pass only reference=)"
+            )
+        return padding_alias
+    return reference

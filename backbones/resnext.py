@@ -21,7 +21,8 @@ Deviations, each behind an option:
   before the classifier (``drop_rate``).
 
 ``reference_padding`` is accepted for the common contract; every padding here already matches the twins, and every
-level ``c<i>`` is exactly ``H / 2**i`` for sides that are multiples of 32.
+level ``c<i>`` is exactly ``H / 2**i`` for sides that are multiples of 32. For the same reason ``reference="timm"``
+and ``"torchvision"`` (docs/weights.md) compute as the default.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from torch import Tensor, nn
 
 from .base import Backbone
 from .layers import DropPath, SqueezeExcite
-from .registry import ModelCard, register_model
+from .registry import ModelCard, register_model, resolve_reference
 from .weights import rename_keys
 
 STEM_TYPES = ("7x7", "deep")
@@ -216,8 +217,10 @@ class ResNeXt(Backbone):
         drop_path_rate: float = 0.0,
         reference_padding: bool = False,
         zero_init_last: bool = True,
+        reference: str | None = None,
     ) -> None:
         super().__init__()
+        self.reference = resolve_reference(reference, reference_padding, ("timm", "torchvision"), None)
         layers = tuple(layers)
         _check(
             "layers",

@@ -16,6 +16,10 @@ Deviations, each behind an option:
   H/2; the ceil-mode 3x3/2 pools then halve every even side exactly, so every level is exactly H/2**i for sides that
   are multiples of 32. ``reference_padding=True`` restores the valid conv1 (torchvision's sizes exactly). The default
   costs more mult-adds at 224 (887.5 M vs 818.9 M for 1.0, 387.4 M vs 349.2 M for 1.1: larger maps, same weights).
+* ``reference`` (docs/weights.md): ``"torchvision"`` = ``reference_padding=True`` (valid conv1); ``"caffe"`` is the
+  authors' prototxts: valid conv1 and, for 1.0 (``SqueezeNet_v1.0`` and the bypass "SqueezeNet-Residual"), conv10
+  padded by 1, so the 1x1 classifier also sees a ring of zeros whose ReLU(bias) joins the global average (v1.1's
+  prototxt does not pad conv10: ``"caffe"`` is torchvision's network there).
 * c5. The original net stops at stride 16 (fire9). Level ``c5`` is a parameter-free 3x3/2 max-pool (padding 1, so
   ceil(H/2) for any side) of fire9's output, run only when ``c5`` is requested: the classifier path (fire9 -> dropout
   -> conv10 -> ReLU -> global average pool) and the parameter and mult-add counts are those of the paper.
@@ -42,7 +46,7 @@ from torch import Tensor, nn
 
 from .base import Backbone
 from .layers import ConvNormAct, DropPath, SqueezeExcite
-from .registry import ModelCard, register_model
+from .registry import ModelCard, register_model, resolve_reference
 
 VERSIONS = ("1_0", "1_1")
 BYPASSES = ("none", "simple", "complex")
@@ -148,6 +152,7 @@ class SqueezeNet(Backbone):
         in_chans: input channels.
         drop_path_rate: stochastic depth of the last bypassed Fire module, linear in depth; needs a bypass.
         reference_padding: valid-padded conv1 as torchvision/Caffe (feature sizes then not exactly H/2**i).
+        reference: None, ``"torchvision"`` or ``"caffe"`` (see the module docstring).
     """
 
     head_modules = ("classifier",)
@@ -163,8 +168,11 @@ class SqueezeNet(Backbone):
         in_chans: int = 3,
         drop_path_rate: float = 0.0,
         reference_padding: bool = False,
+        reference: str | None = None,
     ) -> None:
         super().__init__()
+        self.reference = resolve_reference(reference, reference_padding, ("torchvision", "caffe"), "torchvision")
+        reference_padding = self.reference is not None
         _check_choice("version", version, VERSIONS)
         _check_choice("bypass", bypass, BYPASSES)
         _check(
@@ -221,7 +229,11 @@ class SqueezeNet(Backbone):
         self.num_features = channels
         self.num_classes = num_classes
         # conv10: 1x1 conv classifier with bias, followed by ReLU and global average pooling (Table 1)
-        self.classifier = nn.Conv2d(channels, num_classes, 1) if num_classes > 0 else nn.Identity()
+        # the Caffe v1.0 prototxts pad conv10 by 1 (reference="caffe")
+        self.conv10_pad = 1 if self.reference == "caffe" and version == "1_0" else 0
+        self.classifier = (
+            nn.Conv2d(channels, num_classes, 1, padding=self.conv10_pad) if num_classes > 0 else nn.Identity()
+        )
         self._init_weights()
 
     @torch.no_grad()
@@ -253,7 +265,10 @@ class SqueezeNet(Backbone):
         return F.relu(self.classifier(x), inplace=True).mean((2, 3))
 
     def reset_classifier(self, num_classes: int) -> None:
-        self.classifier = nn.Conv2d(self.num_features, num_classes, 1) if num_classes > 0 else nn.Identity()
+        pad = self.conv10_pad
+        self.classifier = (
+            nn.Conv2d(self.num_features, num_classes, 1, padding=pad) if num_classes > 0 else nn.Identity()
+        )
         if num_classes > 0:
             nn.init.normal_(self.classifier.weight, 0.0, 0.01)
             nn.init.zeros_(self.classifier.bias)

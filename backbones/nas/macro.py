@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from ..base import Backbone
 from ..layers import FactorizedReduce, SeparableConv2d
+from ..registry import resolve_reference
 from .genotypes import ENAS_MACRO_ARC, MacroLayer, decode_enas_macro_arc
 
 
@@ -71,6 +72,7 @@ class ENASMacro(Backbone):
         num_classes, in_chans, drop_rate: head settings (script: dropout 0.5).
         drop_path_rate: must be 0 (the macro code has no drop path).
         reference_padding: no effect (stride-1 odd kernels only, where TF SAME is symmetric); accepted for the contract.
+        reference: None or ``"tf"`` (the ENAS code's numerics), the same network here for the reason above.
         bn_eps, bn_momentum: ENAS ``image_ops.batch_norm`` (1e-3, decay 0.9).
     """
 
@@ -83,6 +85,7 @@ class ENASMacro(Backbone):
         separable: bool = True,
         num_classes: int = 10,
         in_chans: int = 3,
+        reference: str | None = None,
         drop_rate: float = 0.5,
         drop_path_rate: float = 0.0,
         reference_padding: bool = False,
@@ -90,6 +93,7 @@ class ENASMacro(Backbone):
         bn_momentum: float = 0.1,
     ) -> None:
         super().__init__()
+        self.reference = resolve_reference(reference, reference_padding, ("tf",), None)
         if drop_path_rate != 0.0:
             raise ValueError(f"drop_path_rate={drop_path_rate}: the ENAS macro network has no drop path; use 0.0")
         layers = decode_enas_macro_arc(arc)

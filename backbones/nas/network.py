@@ -14,7 +14,9 @@ channel count and padding follows TF-slim ``_build_nasnet_base``; cell outputs a
 
 Deliberate deviations, each with the option restoring the reference:
 * conv0 pads 1 and stride-2 ops pad symmetrically, so levels are exactly ``H / 2**i`` (``reference_padding=True``
-  gives the VALID conv0 and TF 'SAME' padding of the timm twins, bit for bit).
+  = ``reference="timm"`` gives the VALID conv0 and TF 'SAME' padding of the timm twins, bit for bit;
+  ``reference="tf"`` the same with TensorFlow's average pools, which exclude the padding: TF-slim, keras-applications
+  and Cadene's ports; ``reference="keras"`` Keras 3's NASNet, whose zero-padded stride-2 pools count the padding).
 * Levels are the cell outputs after ReLU (what every consumer reads; timm's feature taps are the same ReLUs).
 * ``create_model`` stores the parameters channels-last (its ``channels_last=True`` default, as for every family): on
   CPU depthwise convs and pooling run several times faster in that layout; results are the same.
@@ -36,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .. import registry
 from ..base import Backbone
 from ..registry import CIFAR_MEAN, CIFAR_STD, INCEPTION_MEAN, INCEPTION_STD, ModelCard, register_model
 from .cell import Cell, live_states
@@ -148,7 +151,8 @@ class NASNet(Backbone):
         aux_head: build the auxiliary classifier; ``forward`` then returns ``(logits, aux_logits)`` in training mode.
         input_size: design resolution; only sizes the aux head's last conv.
         bn_eps, bn_momentum: BatchNorm settings (TF-slim ImageNet: 1e-3 and decay 0.9997, i.e. momentum 3e-4).
-        reference_padding: VALID conv0 and TF 'SAME' padding of the timm twins (not fx-traceable).
+        reference_padding: VALID conv0 and TF 'SAME' padding of the timm twins (not fx-traceable): ``"timm"``.
+        reference: None, ``"timm"``, ``"tf"`` or ``"keras"`` (see the module docstring; not fx-traceable).
     """
 
     head_modules = ("fc", "aux_head")
@@ -170,8 +174,11 @@ class NASNet(Backbone):
         bn_eps: float = 1e-3,
         bn_momentum: float = 0.0003,
         reference_padding: bool = False,
+        reference: str | None = None,
     ) -> None:
         super().__init__()
+        self.reference = registry.resolve_reference(reference, reference_padding, ("timm", "tf", "keras"), "timm")
+        reference_padding = self.reference is not None
         g = get_genotype(genotype)
         if stem not in STEMS:
             raise ValueError(f"stem={stem!r} is not valid; choose one of {', '.join(STEMS)}")
@@ -200,7 +207,7 @@ class NASNet(Backbone):
         self.genotype = g
         self.reference_padding = reference_padding
         self.num_classes = num_classes
-        self._ctx = ctx = OpContext(bn_eps, bn_momentum, reference_padding, conv)
+        self._ctx = ctx = OpContext(bn_eps, bn_momentum, reference_padding, conv, same_pool=self.reference or "timm")
 
         # ---- stem -------------------------------------------------------------------------------------------------
         imagenet = stem == "imagenet"
@@ -554,6 +561,7 @@ def nasnet_a(
     bn_eps: float | None = None,
     bn_momentum: float | None = None,
     reference_padding: bool = False,
+    reference: str | None = None,
 ) -> NASNet:
     """NASNet-A "N @ F" with an ImageNet or CIFAR stem; unset options take the TF-slim config of that stem."""
     if stem not in _STEM_DEFAULTS:
@@ -579,6 +587,7 @@ def nasnet_a(
         pick(bn_eps, "bn_eps"),
         pick(bn_momentum, "bn_momentum"),
         reference_padding,
+        reference=reference,
     )
 
 
