@@ -32,6 +32,7 @@ import backbones
 from backbones import Backbone
 from backbones.layers import ConvNormAct
 from backbones.weights import load_state_dict_checked, read_state_dict
+from training.config import plain
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +61,8 @@ _SSD_COMMON: dict[str, Any] = {
     "detections_per_img": 100,
 }
 
-#: every detector's options and their defaults (``conf/detector/<name>.yaml`` holds the same keys)
+#: every detector's options and their defaults: the one source; ``conf/detector/<name>.yaml`` is generated from it
+#: (detection.config.detector_conf, ``python tools/model_zoo.py --write-conf``)
 DETECTORS: dict[str, dict[str, Any]] = {
     "faster_rcnn": {
         **_FASTER_RCNN_COMMON,
@@ -107,7 +109,7 @@ def resolve_config(detector_cfg: Mapping[str, Any] | str) -> dict[str, Any]:
     """Defaults of ``detector_cfg["name"]`` overridden by the given keys; unknown names and keys are errors."""
     if isinstance(detector_cfg, str):
         detector_cfg = {"name": detector_cfg}
-    cfg = _plain(detector_cfg)
+    cfg = plain(detector_cfg)
     name = cfg.get("name")
     if name not in DETECTORS:
         close = difflib.get_close_matches(str(name), DETECTORS, n=2)
@@ -120,17 +122,6 @@ def resolve_config(detector_cfg: Mapping[str, Any] | str) -> dict[str, Any]:
             hint = f" (did you mean {', '.join(close)}?)" if close else ""
             raise ValueError(f"unknown option {key!r} for detector {name!r}{hint}; valid: {', '.join(sorted(valid))}")
     return {**valid, **{k: v for k, v in cfg.items() if k not in _CONFIG_ONLY}, "name": name}
-
-
-def _plain(cfg: Mapping[str, Any]) -> dict[str, Any]:
-    try:
-        from omegaconf import DictConfig, OmegaConf
-
-        if isinstance(cfg, DictConfig):
-            return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
-    except ImportError:  # pragma: no cover
-        pass
-    return dict(cfg)
 
 
 class FeatureAdapter(nn.Module):

@@ -3,19 +3,18 @@
 python tools/model_zoo.py                      # print the table
 python tools/model_zoo.py --pattern "nasnet*"  # some models
 python tools/model_zoo.py --write-readme       # refresh the table between the zoo markers of README.md
-python tools/model_zoo.py --write-conf         # regenerate conf/backbone/<name>.yaml from the registry
+python tools/model_zoo.py --write-conf         # regenerate conf/backbone/ (registry), conf/detector/ (DETECTORS)
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from backbones.zoo import markdown_table, replace_between_markers, write_backbone_confs, zoo_rows  # noqa: E402
+from backbones.zoo import markdown_table, replace_between_markers, zoo_rows  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -24,11 +23,15 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pattern", default="*", help="shell-style filter on model names")
     ap.add_argument("--write-readme", action="store_true", help="write the table into README.md")
-    ap.add_argument("--write-conf", action="store_true", help="write conf/backbone/<name>.yaml for every model")
+    ap.add_argument("--write-conf", action="store_true", help="write conf/backbone/*.yaml and conf/detector/*.yaml")
     args = ap.parse_args(argv)
     if args.write_conf:
-        names = write_backbone_confs(ROOT / "conf" / "backbone")
-        print(f"wrote {len(names)} files into {ROOT / 'conf' / 'backbone'}")
+        from detection.config import write_detector_confs
+        from training.config import write_backbone_confs
+
+        for group, write in (("backbone", write_backbone_confs), ("detector", write_detector_confs)):
+            names = write(ROOT / "conf" / group)
+            print(f"wrote {len(names)} files into {ROOT / 'conf' / group}")
         return 0
     rows = zoo_rows(args.pattern)
     if not rows:
@@ -36,10 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     table = markdown_table(rows)
     if args.write_readme:
         readme = ROOT / "README.md"
-        new = replace_between_markers(readme.read_text(), table)
-        tmp = readme.with_suffix(".md.tmp")
-        tmp.write_text(new)
-        os.replace(tmp, readme)
+        from training.atomic import write_text_atomic
+
+        write_text_atomic(readme, replace_between_markers(readme.read_text(), table))
         print(f"wrote {len(rows)} rows into {readme}")
     else:
         print(table)
