@@ -161,7 +161,7 @@ def test_channels_last_is_the_backbones_layout():
 
     assert layouts() == (True, False)  # the default
     assert layouts("trainer.channels_last=false") == (False, True)
-    with pytest.raises(ValueError, match="backbone.options.channels_last=False is not valid: .* is trainer.channels_last"):
+    with pytest.raises(ValueError, match="channels_last=False is not valid: .* is trainer.channels_last"):
         backbone_spec({"name": "resnet50", "options": {"channels_last": False}})
 
 
