@@ -3,6 +3,7 @@
 python tools/bench_detection.py                          # the default run's loader and training step
 python tools/bench_detection.py backbone=resnet50 dataset.batch_size=2
 python tools/bench_detection.py --r50-fpn --side 800     # inference time ratio ours / torchvision
+python tools/bench_detection.py --layouts --steps 20     # training step: contiguous vs channels-last layouts
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from hydra import compose, initialize_config_dir  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
 from detection.benchmark import (  # noqa: E402
+    layout_step_times,
     loader_images_per_second,
     r50_fpn_inference_ratio,
     train_step_images_per_second,
@@ -36,6 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--side", type=int, default=800, help="image side for --r50-fpn")
     ap.add_argument("--repeats", type=int, default=5, help="timed inferences per model for --r50-fpn")
     ap.add_argument("--contiguous", action="store_true", help="--r50-fpn with our backbone not channels-last")
+    ap.add_argument("--layouts", action="store_true", help="training step time per memory layout, interleaved")
     ap.add_argument("--steps", type=int, default=10)
     args = ap.parse_args(argv)
     if args.r50_fpn:
@@ -48,6 +51,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
         cfg = OmegaConf.to_container(compose("detect", args.overrides), resolve=True)
+    if args.layouts:
+        times = layout_step_times(cfg, steps=args.steps)
+        ref = times["backbone channels-last"]
+        for name, ms in times.items():
+            print(f"{name:24s} {ms:7.1f} ms per training step, ratio to backbone channels-last {ms / ref:.3f}")
+        print(f"({cfg['backbone']['name']} {cfg['detector']['name']}, median of {args.steps} steps, {_machine()})")
+        return 0
     loader = loader_images_per_second(cfg, batches=3 * args.steps)
     step = train_step_images_per_second(cfg, steps=args.steps)
     print(f"{cfg['backbone']['name']} {cfg['detector']['name']}: loader {loader:.1f} images/s "
