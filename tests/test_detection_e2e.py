@@ -97,7 +97,7 @@ def test_default_run_reaches_ap50(tmp_path):
 def test_large_backbone_starts_and_loss_falls(name, tmp_path):
     """`backbone=nasnet_a_large detector=faster_rcnn` runs on CPU at a small image size and its loss falls."""
     overrides = [*tiny(tmp_path, steps=8), f"backbone={name}", "detector=faster_rcnn", "dataset.batch_size=2",
-                 "solver.lr=0.01", "trainer.limit_val_batches=0"]  # fmt: skip
+                 "solver.lr=0.01", "solver.reference_batch_size=2", "trainer.limit_val_batches=0"]  # fmt: skip
     cfg = compose_cfg([*overrides, "trainer.progress_bar=false"])
     run(cfg, tmp_path / "run")
     import csv
