@@ -122,6 +122,7 @@ def test_step_is_inception_v3_staircase_and_exponential_its_smooth_form():
         ({"momentum": 1.5}, r"solver.momentum=1.5 is not valid; a number >= 0 and <= 1"),
         ({"betas": [0.9]}, r"solver.betas=\[0.9\]"),
         ({"reference_batch_size": 0}, r"solver.reference_batch_size=0"),
+        ({"lr": None}, r"solver.lr=None is not valid; it has no null"),
     ],
 )
 def test_bad_solver_values_are_named(cfg, match):

@@ -3,7 +3,7 @@
 the ``conf/backbone/<name>.yaml`` format: :func:`backbone_conf` writes one from the registry, :func:`backbone_spec`
 reads one into ``create_model`` arguments.
 
-Imports neither torch nor Lightning at import time (the registry is imported where a function needs it).
+Imports no Lightning at import time (the trainer and solver checks import theirs when they run).
 """
 
 from __future__ import annotations

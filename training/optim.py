@@ -50,6 +50,13 @@ SCHEDULES: dict[str, tuple[str, ...]] = {
 }
 
 
+#: solver keys whose null means "the default" (see :class:`Solver`); the others need a value
+NULLABLE = (
+    "source", "epochs", "reference_batch_size", "momentum", "nesterov", "rms_decay", "eps", "betas",
+    "weight_decay_norm_bias", "weight_decay_depthwise", "decay_epochs",
+)  # fmt: skip
+
+
 @dataclass(frozen=True)
 class Solver:
     """One ``conf/solver/<name>.yaml``: how a run optimises. Build it with :meth:`from_config`, which checks it.
@@ -119,8 +126,11 @@ class Solver:
             return cfg
         from .config import plain
 
-        raw = {k: v for k, v in plain(cfg).items() if v is not None}
-        check_keys(raw, cls.keys(), "solver")
+        given = plain(cfg)
+        check_keys(given, cls.keys(), "solver")
+        for key, value in given.items():
+            check(f"solver.{key}", value, value is not None or key in NULLABLE, "it has no null (default) value")
+        raw = {k: v for k, v in given.items() if v is not None}
         v = dict(raw)
         for key in ("name", "source"):
             if key in v:
