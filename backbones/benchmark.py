@@ -366,9 +366,9 @@ def check_report_path(path: str | os.PathLike) -> None:
 
 def write_report(path: str | os.PathLike, report: Mapping[str, Any]) -> None:
     """Store a finished report as JSON (written to a temporary file and renamed)."""
-    from .zoo import write_atomic
+    from training.atomic import write_text_atomic  # the project's one file writer
 
-    write_atomic(path, json.dumps(report, indent=1) + "\n")
+    write_text_atomic(path, json.dumps(report, indent=1) + "\n")
 
 
 def load_report(path: str | os.PathLike) -> dict[str, Any]:

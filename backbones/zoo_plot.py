@@ -7,14 +7,13 @@ depends on torch only. ``pip install -e ".[dev]"`` installs matplotlib.
 
 from __future__ import annotations
 
-import io
 import os
 from collections.abc import Sequence
 from typing import Any
 
 from .checks import check_choice
 from .registry import model_card
-from .zoo import ZooRow, write_atomic, zoo_rows
+from .zoo import ZooRow, zoo_rows
 
 #: legend names of the family files
 FAMILY_LABELS = {
@@ -102,7 +101,7 @@ def plot_zoo(path: str | os.PathLike | None = None, rows: Sequence[ZooRow] | Non
         row_axes[0].legend(loc="lower right", fontsize=8)
     fig.suptitle("Published top-1 (model cards) against mult-adds and parameters measured on our modules")
     if path is not None:
-        buf = io.BytesIO()
-        fig.savefig(buf, format=fmt, dpi=_DPI, metadata={"Software": None})
-        write_atomic(path, buf.getvalue())
+        from training.atomic import atomic_write  # the project's one file writer (a generated docs file)
+
+        atomic_write(path, lambda f: fig.savefig(f, format=fmt, dpi=_DPI, metadata={"Software": None}))
     return fig

@@ -1,8 +1,9 @@
 """The only Lightning-aware classification code: :class:`ClassificationModule`, :class:`ClassificationDataModule`
 and :func:`run`, which ``tools/train_cls.py`` calls with the composed Hydra config.
 
-The Trainer comes from the shared :func:`detection.module.build_trainer` (the ``trainer`` config group): devices,
-DDP across GPUs and nodes, mixed precision, gradient clipping, atomic checkpoints, loggers, progress bar.
+The Trainer, checkpoints, resumable loader, solver (``conf/solver``) and the loop around ``Trainer.fit`` are the shared
+runtime of :mod:`training` (the ``trainer`` config group: devices, DDP across GPUs and nodes, mixed precision,
+gradient clipping, atomic checkpoints, loggers, progress bar).
 Evaluation reports top-1 and top-5 on the val split, with the EMA weights when the recipe keeps an average; every
 rank's per-image results are gathered and de-duplicated by dataset index, so each val image counts exactly once
 even when a distributed sampler pads the last batch with repeats.
@@ -11,7 +12,6 @@ even when a distributed sampler pads the last batch with repeats.
 from __future__ import annotations
 
 import logging
-import math
 import os
 from pathlib import Path
 from typing import Any
@@ -22,56 +22,42 @@ from torch import Tensor, nn
 from torch.utils.data import BatchSampler, DataLoader, DistributedSampler
 
 import backbones
-from backbones.zoo import backbone_spec
-from detection.evaluation import write_json_atomic
-from detection.module import ResumableTrainData, check_finite_loss, resolve_resume
+from training.atomic import write_json_atomic
+from training.config import backbone_spec, check_keys, check_run_config, plain
+from training.optim import Solver, configure_optimizers
+from training.resumable import ResumableTrainData
+from training.trainer import build_trainer, check_finite_loss, fit
 
-from .data import ClassificationData, build_datasets, collate_skip_bad
-from .recipes import (
-    ModelEma,
-    build_optimizer,
-    build_schedule,
-    classification_loss,
-    update_drop_path,
-)
+from .data import CLASSIFICATION_DATASETS, ClassificationData, build_datasets, collate_skip_bad
+from .recipes import ModelEma, classification_loss, update_drop_path
 
 logger = logging.getLogger(__name__)
 
-#: keys of a ``conf/recipe/*.yaml``
-RECIPE_KEYS = (
-    "name",
-    "source",
-    "epochs",
-    "optimizer",
-    "schedule",
-    "label_smoothing",
-    "aux_weight",
-    "ema_decay",
-    "ema_warmup",
-    "cutout",
-    "gradient_clip_val",
-    "model",
-)
+#: keys of a ``conf/recipe/*.yaml`` (the loss and regularisation of a paper's recipe; its solver is conf/solver)
+RECIPE_KEYS = ("name", "source", "label_smoothing", "aux_weight", "ema_decay", "ema_warmup", "cutout", "model")
+#: top-level keys of conf/classify.yaml (its groups included)
+TOP_KEYS = (
+    "backbone", "dataset", "trainer", "recipe", "solver", "task", "seed", "epochs", "pretrained", "eval_only",
+    "checkpoint", "resume", "eval_raw", "cpu_threads",
+)  # fmt: skip
 
 
-def plain(cfg: Any) -> Any:
-    """A resolved plain-Python copy of an OmegaConf node (or the object itself)."""
-    from omegaconf import DictConfig, ListConfig, OmegaConf
-
-    if isinstance(cfg, DictConfig | ListConfig):
-        return OmegaConf.to_container(cfg, resolve=True)
-    return cfg
+def check_recipe(recipe: Any) -> None:
+    """Unknown ``recipe`` keys are named, with close matches."""
+    check_keys(plain(recipe), RECIPE_KEYS, "recipe")
 
 
 class ClassificationModule(L.LightningModule):
-    """A registered backbone trained as a classifier with a recipe (``conf/recipe/*.yaml``).
+    """A registered backbone trained as a classifier with a recipe (``conf/recipe/*.yaml``) and a solver
+    (``conf/solver/*.yaml``).
 
     Args:
         model_name: a registered model.
         model_options: ``create_model`` options (``pretrained``, ``drop_path_rate``, family knobs, ...).
         num_classes: classifier size (the dataset's class count).
-        recipe: optimiser, schedule, label smoothing, aux weight, EMA decay, ... (see :data:`RECIPE_KEYS`).
-        channels_last: run the model in ``torch.channels_last`` memory format.
+        recipe: label smoothing, aux weight, EMA decay, ... (see :data:`RECIPE_KEYS`).
+        solver: optimiser and learning-rate schedule (a ``solver`` group, :class:`training.optim.Solver`).
+        channels_last: the model's parameters stored channels-last (``create_model(channels_last=...)``).
         compile: wrap the training forward in ``torch.compile`` (the state dict keeps its plain names).
         eval_raw: when EMA is on, also report the raw weights' accuracy as ``val/top1_raw`` / ``val/top5_raw``.
     """
@@ -82,22 +68,21 @@ class ClassificationModule(L.LightningModule):
         model_options: dict[str, Any],
         num_classes: int,
         recipe: dict[str, Any],
-        channels_last: bool = False,
+        solver: dict[str, Any],
+        channels_last: bool = True,
         compile: bool = False,
         eval_raw: bool = False,
     ) -> None:
         super().__init__()
-        unknown = sorted(set(recipe) - set(RECIPE_KEYS))
-        if unknown:
-            raise ValueError(f"unknown recipe key(s) {', '.join(unknown)}; valid: {', '.join(RECIPE_KEYS)}")
+        check_recipe(recipe)
         self.save_hyperparameters()
         self.recipe = recipe
-        self.model = backbones.create_model(model_name, num_classes=num_classes, **model_options)
+        self.solver = Solver.from_config(solver)
+        self.model = backbones.create_model(
+            model_name, num_classes=num_classes, channels_last=channels_last, **model_options
+        )
         if getattr(self.model, "features_only", False):
             raise ValueError("classification needs the classifier head; remove features_only from the backbone options")
-        self.channels_last = channels_last
-        if channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
         ema_decay = recipe.get("ema_decay")
         self.ema = ModelEma(self.model, ema_decay, recipe.get("ema_warmup", True)) if ema_decay else None
         # kept out of the module tree (no duplicate state-dict keys); the compiled wrapper shares self.model's weights
@@ -107,33 +92,9 @@ class ClassificationModule(L.LightningModule):
         self._val: dict[str, list[Tensor]] = {}
 
     # ---- optimisation ----------------------------------------------------------------------------------------------
-    def global_batch_size(self) -> int:
-        batch = self.trainer.datamodule.batch_size if self.trainer.datamodule is not None else 1
-        return int(batch * self.trainer.world_size * self.trainer.accumulate_grad_batches)
-
     def configure_optimizers(self):
-        opt_cfg = dict(self.recipe["optimizer"])
-        lr = float(opt_cfg["lr"])
-        ref = opt_cfg.get("reference_batch_size")
-        if ref:  # linear scaling rule (Goyal et al. 2017 §2.1): lr = base_lr * batch / reference batch
-            lr = lr * self.global_batch_size() / float(ref)
-        optimizer = build_optimizer(self.model, opt_cfg, lr)
-        self.total_steps = max(1, int(self.trainer.estimated_stepping_batches))
-        epochs = self.trainer.max_epochs if self.trainer.max_epochs and self.trainer.max_epochs > 0 else 1
-        steps_per_epoch = max(1, math.ceil(self.total_steps / epochs))
-        schedule = build_schedule(
-            self.recipe.get("schedule") or {"name": "constant"}, self.total_steps, steps_per_epoch
-        )
-        logger.info(
-            "optimizer %s lr=%.4g (global batch %d), %d steps, schedule %s",
-            opt_cfg["name"],
-            lr,
-            self.global_batch_size(),
-            self.total_steps,
-            schedule.name,
-        )
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        batch = self.trainer.datamodule.batch_size if self.trainer.datamodule is not None else 1
+        return configure_optimizers(self, self.model, self.solver, batch)  # sets self.total_steps
 
     def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None) -> None:
         optimizer.step(closure=optimizer_closure)
@@ -141,9 +102,6 @@ class ClassificationModule(L.LightningModule):
             self.ema.update(self.model)
 
     # ---- training --------------------------------------------------------------------------------------------------
-    def _prep(self, x: Tensor) -> Tensor:
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
-
     def training_step(self, batch, batch_idx: int) -> Tensor | None:
         x, y, _, skipped = batch
         if skipped:
@@ -151,12 +109,15 @@ class ClassificationModule(L.LightningModule):
         if len(y) == 0:
             return None
         progress = update_drop_path(self.model, self.global_step, self.total_steps)
-        out = self._train_forward(self._prep(x))
+        out = self._train_forward(x)
         loss, parts = classification_loss(
             out, y, float(self.recipe.get("label_smoothing", 0.0)), float(self.recipe.get("aux_weight", 0.0))
         )
         check_finite_loss(
-            self, loss, lambda: f"training loss {loss.item():.4g}", lambda: "Lower the recipe's lr or clip gradients"
+            self,
+            loss,
+            lambda: f"training loss {loss.item():.4g}",
+            lambda: "Lower solver.lr, raise solver.warmup_epochs or set trainer.gradient_clip_val",
         )
         self.log("train/loss", loss, prog_bar=True, batch_size=len(y))
         if "aux" in parts:
@@ -185,7 +146,6 @@ class ClassificationModule(L.LightningModule):
         x, y, index, _ = batch
         if len(y) == 0:
             return
-        x = self._prep(x)
         t1, t5 = self._hits(self.eval_model()(x), y)
         self._val["index"].append(index)
         self._val["top1"].append(t1)
@@ -260,7 +220,7 @@ class ClassificationDataModule(ResumableTrainData, L.LightningDataModule):
     """Loaders over :func:`classification.data.build_datasets`; the datasets are built once, on first use.
 
     The loaders shard across ranks themselves (the Trainer gets ``use_distributed_sampler=False``): training
-    through a seeded ``DistributedSampler`` in a :class:`detection.module.ResumableDataLoader`, so a mid-epoch
+    through a seeded ``DistributedSampler`` in a :class:`training.resumable.ResumableDataLoader`, so a mid-epoch
     checkpoint resumes at the next batch of the same order; evaluation through an unshuffled one, whose padding
     repeats evaluation drops.
     """
@@ -314,15 +274,14 @@ class ClassificationDataModule(ResumableTrainData, L.LightningDataModule):
 def run(cfg: Any, output_dir: str | os.PathLike, **trainer_overrides: Any) -> dict[str, float]:
     """Train (or, with ``eval_only``, evaluate) as the composed ``conf/classify.yaml`` says; returns val metrics.
 
-    ``trainer_overrides`` go to ``build_trainer`` (tests pass e.g. ``logger=False``).
+    ``trainer_overrides`` go to ``build_trainer`` (tests pass e.g. ``logger=False`` or ``callbacks``).
     """
-    from detection.module import build_trainer
-
     c = plain(cfg)
-    recipe = dict(c["recipe"])
+    check_run_config(c, "classification", TOP_KEYS, CLASSIFICATION_DATASETS, {"recipe": check_recipe})
+    recipe, solver = dict(c["recipe"]), dict(c["solver"])
     dataset_cfg = dict(c["dataset"])
     trainer_cfg = dict(c["trainer"])
-    name, options = backbone_spec(plain(c["backbone"]))
+    name, options = backbone_spec(c["backbone"])
     options.update(recipe.get("model") or {})
     if c.get("pretrained"):
         options["pretrained"] = c["pretrained"]
@@ -332,9 +291,9 @@ def run(cfg: Any, output_dir: str | os.PathLike, **trainer_overrides: Any) -> di
         torch.set_num_threads(int(threads))
     L.seed_everything(int(c.get("seed", 0)), workers=True, verbose=False)
 
-    if recipe.get("name") == "sgd_digits" and dataset_cfg.get("name") != "digits":
+    if solver.get("name") == "sgd_digits" and dataset_cfg.get("name") != "digits":
         logger.warning(
-            "recipe=sgd_digits is the short CPU demo recipe; for ImageNet-scale data use the papers' "
+            "solver=sgd_digits is the short CPU demo solver; for ImageNet-scale data use the papers' "
             "recipes (recipe=sgd_imagenet, rmsprop_mobilenet, nasnet_imagenet, nasnet_cifar)"
         )
     seed = int(c.get("seed", 0))
@@ -347,15 +306,14 @@ def run(cfg: Any, output_dir: str | os.PathLike, **trainer_overrides: Any) -> di
         options,
         data.num_classes,
         recipe,
-        channels_last=bool(trainer_cfg.get("channels_last", False)),
+        solver,
+        channels_last=bool(trainer_cfg.get("channels_last", True)),
         compile=bool(trainer_cfg.get("compile", False)),
         eval_raw=bool(c.get("eval_raw", False)),
     )
-    # run length: `epochs`, else trainer.max_epochs, else the dataset's (digits: short), else the recipe's (paper's)
-    epochs = c.get("epochs") or trainer_cfg.get("max_epochs") or dataset_cfg.get("epochs") or recipe.get("epochs")
+    # run length: `epochs`, else trainer.max_epochs, else the dataset's (digits: short), else the solver's (paper's)
+    epochs = c.get("epochs") or trainer_cfg.get("max_epochs") or dataset_cfg.get("epochs") or solver.get("epochs")
     overrides: dict[str, Any] = {"max_epochs": int(epochs), "use_distributed_sampler": False}  # the loaders shard
-    if trainer_cfg.get("gradient_clip_val") is None and recipe.get("gradient_clip_val"):
-        overrides["gradient_clip_val"] = float(recipe["gradient_clip_val"])
     overrides.update(trainer_overrides)
     trainer = build_trainer(trainer_cfg, output_dir, monitor="val/top1", mode="max", **overrides)
 
@@ -365,12 +323,7 @@ def run(cfg: Any, output_dir: str | os.PathLike, **trainer_overrides: Any) -> di
             raise FileNotFoundError(f"checkpoint {ckpt!r} does not exist")
         trainer.validate(module, datamodule=dm, ckpt_path=ckpt or None, weights_only=True, verbose=False)
     else:
-        ckpt_path = resolve_resume(c.get("resume", False), output_dir)
-        if ckpt_path:
-            logger.info("resuming from %s", ckpt_path)
-        trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
-        if "val/top1" not in trainer.callback_metrics:  # no validation after the last epoch (or nothing left to train)
-            trainer.validate(module, datamodule=dm, verbose=False)
+        fit(trainer, module, dm, c.get("resume", False), output_dir)
     metrics = {k.removeprefix("val/"): float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
     metrics["epochs_done"] = float(trainer.current_epoch)
     metrics["global_step"] = float(trainer.global_step)

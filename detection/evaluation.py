@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import logging
 import os
 from collections.abc import Iterable, Mapping, Sequence
@@ -19,6 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
+
+from training.atomic import write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -112,15 +113,6 @@ class CocoEvaluator:
         if results_file is not None:
             write_json_atomic(results_file, results)
         return evaluate_results(self.ann_file, results, image_ids, self.backend)
-
-
-def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
-    path = os.fspath(path)
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f)
-    os.replace(tmp, path)
 
 
 def evaluate_results(

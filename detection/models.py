@@ -34,6 +34,7 @@ from backbones import Backbone
 from backbones.checks import check
 from backbones.layers import ConvNormAct
 from backbones.weights import load_state_dict_checked, read_state_dict
+from training.config import plain
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +63,8 @@ _SSD_COMMON: dict[str, Any] = {
     "detections_per_img": 100,
 }
 
-#: every detector's options and their defaults (``conf/detector/<name>.yaml`` holds the same keys)
+#: every detector's options and their defaults: the one source; ``conf/detector/<name>.yaml`` is generated from it
+#: (detection.config.detector_conf, ``python tools/model_zoo.py --write-conf``)
 DETECTORS: dict[str, dict[str, Any]] = {
     "faster_rcnn": {
         **_FASTER_RCNN_COMMON,
@@ -109,7 +111,7 @@ def resolve_config(detector_cfg: Mapping[str, Any] | str) -> dict[str, Any]:
     """Defaults of ``detector_cfg["name"]`` overridden by the given keys; unknown names and keys are errors."""
     if isinstance(detector_cfg, str):
         detector_cfg = {"name": detector_cfg}
-    cfg = _plain(detector_cfg)
+    cfg = plain(detector_cfg)
     name = cfg.get("name")
     if name not in DETECTORS:
         close = difflib.get_close_matches(str(name), DETECTORS, n=2)
@@ -137,17 +139,6 @@ def _check_level_names(key: str, levels: Any) -> None:
               f"{n!r} is not a level name; {example}")  # fmt: skip
     idx = [int(n[1:]) for n in levels]
     check(key, levels, idx == sorted(set(idx)), f"list each level once, in increasing stride, {example}")
-
-
-def _plain(cfg: Mapping[str, Any]) -> dict[str, Any]:
-    try:
-        from omegaconf import DictConfig, OmegaConf
-
-        if isinstance(cfg, DictConfig):
-            return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
-    except ImportError:  # pragma: no cover
-        pass
-    return dict(cfg)
 
 
 class FeatureAdapter(nn.Module):

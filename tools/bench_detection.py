@@ -4,6 +4,7 @@ python tools/bench_detection.py                          # the default run's loa
 python tools/bench_detection.py backbone=resnet50 dataset.batch_size=2
 python tools/bench_detection.py --r50-fpn --side 800     # inference time ratio ours / torchvision
 python tools/bench_detection.py --r50-fpn --json docs/benchmarks/r50_fpn_cpu.json   # also store the run
+python tools/bench_detection.py --layouts --steps 20     # training step: contiguous vs channels-last layouts
 
 ``--json FILE`` stores the run (machine, date, load average before and after, settings, the row) for
 ``python tools/benchmark.py --render ... --write docs/benchmarks.md``.
@@ -25,7 +26,14 @@ from hydra import compose, initialize_config_dir  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
 from backbones.benchmark import begin_report, check_report_path, end_report, write_report  # noqa: E402
-from detection.benchmark import LOADER_COLUMNS, R50_FPN_COLUMNS, loader_vs_step, r50_fpn_inference_ratio  # noqa: E402
+from detection.benchmark import (  # noqa: E402
+    LAYOUT_COLUMNS,
+    LOADER_COLUMNS,
+    R50_FPN_COLUMNS,
+    layout_rows,
+    loader_vs_step,
+    r50_fpn_inference_ratio,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--side", type=int, default=800, help="image side for --r50-fpn")
     ap.add_argument("--repeats", type=int, default=5, help="timed inferences per model for --r50-fpn")
     ap.add_argument("--contiguous", action="store_true", help="--r50-fpn with our backbone not channels-last")
+    ap.add_argument("--layouts", action="store_true", help="training step time per memory layout, interleaved")
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--json", default=None, metavar="FILE", help="also write the run (machine, load, row) as JSON")
     args = ap.parse_args(argv)
@@ -55,6 +64,14 @@ def main(argv: list[str] | None = None) -> int:
     else:
         with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
             cfg = OmegaConf.to_container(compose("detect", args.overrides), resolve=True)
+    if args.layouts:
+        report = begin_report("detection_layouts", command, {"overrides": args.overrides, "steps": args.steps})
+        rows = layout_rows(cfg, steps=args.steps)
+        report = end_report(report, LAYOUT_COLUMNS, rows)
+        for r in rows:
+            print(f"{r['layout']:24s} {r['ms_per_step']:7.1f} ms per training step, ratio {r['ratio']:.3f}")
+        print(f"({cfg['backbone']['name']} {cfg['detector']['name']}, median of {args.steps}, {_machine(report)})")
+    elif not args.r50_fpn:
         report = begin_report("detection_loader", command, {"overrides": args.overrides, "steps": args.steps})
         r = loader_vs_step(cfg, steps=args.steps)
         report = end_report(report, LOADER_COLUMNS, [r])

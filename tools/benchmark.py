@@ -42,7 +42,7 @@ from backbones.benchmark import (  # noqa: E402
     timing_rows,
     write_report,
 )
-from backbones.zoo import write_atomic  # noqa: E402
+from training.atomic import write_text_atomic  # noqa: E402
 
 
 def _option(text: str) -> tuple[str, object]:
@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         check_report_path(args.json)
     if args.render:
         if args.write:
-            write_atomic(args.write, render_files(args.render, args.write))
+            write_text_atomic(args.write, render_files(args.render, args.write))
             print(f"rendered {len(args.render)} report(s) into {args.write}")
         else:
             print("\n\n".join(render_report(load_report(p)) for p in args.render))
