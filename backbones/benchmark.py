@@ -366,7 +366,7 @@ def check_report_path(path: str | os.PathLike) -> None:
 
 def write_report(path: str | os.PathLike, report: Mapping[str, Any]) -> None:
     """Store a finished report as JSON (written to a temporary file and renamed)."""
-    from training.atomic import write_text_atomic  # the project's one file writer
+    from .atomic import write_text_atomic
 
     write_text_atomic(path, json.dumps(report, indent=1) + "\n")
 

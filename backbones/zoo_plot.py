@@ -101,7 +101,7 @@ def plot_zoo(path: str | os.PathLike | None = None, rows: Sequence[ZooRow] | Non
         row_axes[0].legend(loc="lower right", fontsize=8)
     fig.suptitle("Published top-1 (model cards) against mult-adds and parameters measured on our modules")
     if path is not None:
-        from training.atomic import atomic_write  # the project's one file writer (a generated docs file)
+        from .atomic import atomic_write
 
         atomic_write(path, lambda f: fig.savefig(f, format=fmt, dpi=_DPI, metadata={"Software": None}))
     return fig

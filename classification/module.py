@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from torch.utils.data import BatchSampler, DataLoader, DistributedSampler
 
 import backbones
-from training.atomic import write_json_atomic
+from backbones.atomic import write_json_atomic
 from training.config import backbone_spec, check_keys, check_run_config, plain
 from training.optim import Solver, configure_optimizers
 from training.resumable import ResumableTrainData

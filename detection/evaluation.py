@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from training.atomic import write_json_atomic
+from backbones.atomic import write_json_atomic
 
 logger = logging.getLogger(__name__)
 

@@ -218,7 +218,7 @@ class DetectionModule(L.LightningModule):
             self.evaluator.update(targets, self.model(images))
 
     def on_validation_epoch_end(self) -> None:
-        from training.atomic import write_json_atomic
+        from backbones.atomic import write_json_atomic
 
         from .evaluation import evaluate_results
 

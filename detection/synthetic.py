@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from training.atomic import write_json_atomic
+from backbones.atomic import write_json_atomic
 
 logger = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""The one atomic writer (training.atomic) for every file a run writes, and resume resolution: a failed write leaves
+"""The one atomic writer (backbones.atomic) for every file a run writes, and resume resolution: a failed write leaves
 the previous file and no temporary, the data is fsynced before the rename, a killed writer's temporary is removed,
 a full disk is named. Checkpoint-specific faults (pickles refused, kills mid-write): tests/test_faults.py."""
 
@@ -11,8 +11,8 @@ import subprocess
 
 import pytest
 
-from training import atomic
-from training.atomic import atomic_write, write_json_atomic, write_text_atomic
+from backbones import atomic
+from backbones.atomic import atomic_write, write_json_atomic, write_text_atomic
 from training.checkpoint import resolve_resume
 
 

@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 import backbones  # noqa: E402
+from backbones.atomic import write_text_atomic  # noqa: E402
 from backbones.benchmark import (  # noqa: E402
     TIMING_COLUMNS,
     begin_report,
@@ -42,7 +43,6 @@ from backbones.benchmark import (  # noqa: E402
     timing_rows,
     write_report,
 )
-from training.atomic import write_text_atomic  # noqa: E402
 
 
 def _option(text: str) -> tuple[str, object]:

@@ -16,9 +16,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from backbones.atomic import write_text_atomic  # noqa: E402
 from backbones.weights.table import END, START, weights_table  # noqa: E402
 from backbones.zoo import markdown_table, replace_between_markers, zoo_rows  # noqa: E402
-from training.atomic import write_text_atomic  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -4,7 +4,8 @@
 * :mod:`training.config`: config helpers: :func:`~training.config.plain`, the unknown-key check, the checks a run's
   config gets before any work is spent, and the ``conf/backbone`` file format (reading and writing).
 * :mod:`training.optim`: the one solver schema (:class:`~training.optim.Solver`), optimiser and LR-schedule builder.
-* :mod:`training.atomic`: the one atomic file writer (temporary name, fsync, rename) for every file a run writes.
+* the one atomic file writer (temporary name, fsync, rename) of every file a run writes is :mod:`backbones.atomic`
+  (standard library only, the lowest layer, so the weight downloads in ``backbones`` use it too).
 * :mod:`training.checkpoint`: checkpoint IO through that writer (loading with ``weights_only=True``), resume paths.
 * :mod:`training.resumable`: training loaders that a mid-epoch checkpoint resumes at the next batch.
 * :mod:`training.trainer`: the Lightning Trainer from a ``conf/trainer`` group, its callbacks, the finite-loss guard

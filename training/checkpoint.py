@@ -15,14 +15,14 @@ from typing import Any
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from .atomic import atomic_write
+from backbones.atomic import atomic_write
 
 #: where ``resume=true`` and ``resume=<run dir>`` look, relative to the run dir
 LAST_CHECKPOINT = Path("checkpoints") / "last.ckpt"
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Saves each checkpoint with :func:`training.atomic.atomic_write` (``<path>.tmp<pid>``, fsync, rename), so a
+    """Saves each checkpoint with :func:`backbones.atomic.atomic_write` (``<path>.tmp<pid>``, fsync, rename), so a
     crash never leaves a half-written ``<path>``, and a temporary file of a writer killed mid-write is deleted at the
     next save.
 

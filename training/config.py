@@ -161,7 +161,7 @@ def backbone_spec(conf: Mapping[str, Any] | str) -> tuple[str, dict[str, Any]]:
 def write_conf_files(conf_dir: str | os.PathLike, texts: Mapping[str, str]) -> list[str]:
     """Write ``<conf_dir>/<name>.yaml`` for every ``name: text`` (atomically) and delete the other ``*.yaml`` files
     there (stale generated ones); returns the names written."""
-    from .atomic import write_text_atomic
+    from backbones.atomic import write_text_atomic
 
     conf_dir = Path(conf_dir)
     for name, text in texts.items():

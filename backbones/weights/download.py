@@ -14,6 +14,7 @@ import os
 
 import torch
 
+from ..atomic import move_into_place
 from .sources import Source
 
 logger = logging.getLogger(__name__)
@@ -78,7 +79,7 @@ def fetch(source: Source, progress: bool = True) -> str:
         # writes to its own temporary file and moves it to ``tmp`` once complete
         torch.hub.download_url_to_file(source.url, tmp, progress=progress)
         verify(tmp, source)
-        os.replace(tmp, dst)
+        move_into_place(tmp, dst)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)

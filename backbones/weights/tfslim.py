@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ..atomic import move_into_place
 from .core import CheckpointMismatchError
 from .keras import _t
 
@@ -55,7 +56,7 @@ def _prefix(path: str, member: str | None) -> str:
             tmp = f"{target}.{os.getpid()}.partial"
             with tarfile.open(path) as tar:
                 tar.extractall(tmp, filter="data")
-            os.replace(tmp, target)
+            move_into_place(tmp, target)  # the extracted folder appears whole or not at all
         path = target
     if os.path.isdir(path):
         indexes = sorted(glob.glob(os.path.join(path, "**", "*.index"), recursive=True))

@@ -1,11 +1,13 @@
 """The one atomic file writer: every file the project writes (checkpoints, metrics and results JSON, COCO results,
-generated configs and datasets' annotation files) goes through :func:`atomic_write`.
+generated configs, docs tables and plots, datasets' annotation files) goes through :func:`atomic_write`, and a
+file another writer produced (a download, hash-checked first) is published with :func:`move_into_place`.
 
 A file is written to ``<path>.tmp<pid>``, flushed and fsynced, renamed onto ``<path>`` (``os.replace``, atomic on
 POSIX and Windows) and the directory fsynced, so a crash or ``kill -9`` at any moment leaves either the previous file
 or the new one, never a part of one. The temporary files of writers killed mid-write (their pid runs no process any
-more) are deleted at the next write of the same path. Standard library only: tools that write JSON need not import
-torch or Lightning.
+more) are deleted at the next write of the same path. Standard library only, and in ``backbones`` (the lowest layer:
+``training``, ``detection``, ``classification`` and the tools import it; the weight downloads in ``backbones`` need
+it too), so a tool that writes JSON need not import torch or Lightning.
 """
 
 from __future__ import annotations
@@ -76,7 +78,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[Any]], None], bina
             write(f)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        move_into_place(tmp, path, sync=False)
     except OSError as e:
         if e.errno == errno.ENOSPC:
             raise OSError(
@@ -87,6 +89,14 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[Any]], None], bina
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)
     _fsync_dir(directory)
+
+
+def move_into_place(tmp: str | os.PathLike, path: str | os.PathLike, sync: bool = True) -> None:
+    """Rename the complete file ``tmp`` onto ``path`` (atomic on POSIX and Windows) and, with ``sync``, make the
+    rename durable; for files written by someone else (e.g. ``torch.hub.download_url_to_file``) and checked first."""
+    os.replace(tmp, path)
+    if sync:
+        _fsync_dir(os.path.dirname(os.fspath(path)) or ".")
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
