@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from detection.entry import prepare_process  # noqa: E402  (imports no torch)
+from training.process import prepare_process  # noqa: E402  (imports no torch)
 
 prepare_process()  # as tools/train_net.py (OMP_WAIT_POLICY before torch loads), so the step is timed as it trains
 
