@@ -375,3 +375,15 @@ def test_direct_concat_and_memory_format_keep_the_maths():
         torch.testing.assert_close(m(x), ref)  # autograd off: blocks written into the output buffer
         m.to(memory_format=torch.contiguous_format)
         torch.testing.assert_close(m(x), ref, atol=1e-5, rtol=1e-5)
+
+
+# ---- BatchNorm settings of the authors' code ----------------------------------------------------------------------
+@pytest.mark.parametrize("name,options", [("enas_micro_cifar", {"aux_head": True}), ("enas_macro_cifar", {})])
+def test_enas_batchnorm_eps_is_the_fixed_arc_codes(name, options):
+    """melodyguan/enas ``src/cifar10/image_ops.py`` ``batch_norm`` (what the fixed-arc children call): epsilon
+    1e-5, decay 0.9; 1e-3 is only the default of the search-mode ``batch_norm_with_mask``."""
+    with torch.device("meta"):
+        m = backbones.create_model(name, **options)
+    bns = [mod for mod in m.modules() if isinstance(mod, torch.nn.BatchNorm2d)]
+    assert len(bns) > 50
+    assert {bn.eps for bn in bns} == {1e-5} and {bn.momentum for bn in bns} == {0.1}

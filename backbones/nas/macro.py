@@ -71,7 +71,9 @@ class ENASMacro(Backbone):
         num_classes, in_chans, drop_rate: head settings (script: dropout 0.5).
         drop_path_rate: must be 0 (the macro code has no drop path).
         reference_padding: no effect (stride-1 odd kernels only, where TF SAME is symmetric); accepted for the contract.
-        bn_eps, bn_momentum: ENAS ``image_ops.batch_norm`` (1e-3, decay 0.9).
+        bn_eps, bn_momentum: the authors' fixed-arc BatchNorm, ``melodyguan/enas`` ``src/cifar10/image_ops.py``
+            ``batch_norm`` (epsilon 1e-5 as released in commit 00787a5 "open source"; 1e-3 is the default of the
+            search-mode ``batch_norm_with_mask`` only), decay 0.9 = momentum 0.1.
     """
 
     head_modules = ("fc",)
@@ -86,7 +88,7 @@ class ENASMacro(Backbone):
         drop_rate: float = 0.5,
         drop_path_rate: float = 0.0,
         reference_padding: bool = False,
-        bn_eps: float = 1e-3,
+        bn_eps: float = 1e-5,
         bn_momentum: float = 0.1,
     ) -> None:
         super().__init__()

@@ -809,7 +809,7 @@ register_model(
     num_classes=10,
     drop_rate=0.2,
     input_size=32,
-    bn_eps=1e-3,
+    bn_eps=1e-5,  # melodyguan/enas src/cifar10/image_ops.py batch_norm (the fixed-arc child's BN; decay 0.9)
     bn_momentum=0.1,
 )
 
