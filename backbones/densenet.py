@@ -39,6 +39,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from .base import Backbone
+from .checks import check, check_choice, check_int, check_probability
 from .layers import ConvNormAct
 from .registry import CIFAR_MEAN, CIFAR_STD, ModelCard, register_model
 
@@ -222,23 +223,24 @@ class DenseNet(Backbone):
         reference_padding: bool = False,
     ) -> None:
         super().__init__()
-        if stem not in STEMS:
-            raise ValueError(f"stem={stem!r} is not valid; choose one of {', '.join(map(repr, STEMS))}")
-        if drop_path_rate != 0.0:
-            raise ValueError(
-                f"drop_path_rate={drop_path_rate!r} is not supported by DenseNet (no residual path to drop); "
-                f"valid: 0.0. Use dropout=<rate> for the paper's regularisation"
-            )
-        if not 0.0 < compression <= 1.0:
-            raise ValueError(f"compression={compression!r} is not valid; theta must be in (0, 1] (0.5 for -C)")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout={dropout!r} is not valid; use a rate in [0, 1)")
+        check_choice("stem", stem, STEMS)
+        check(
+            "drop_path_rate",
+            drop_path_rate,
+            drop_path_rate == 0.0,
+            "DenseNet has no residual path to drop; valid: 0.0. Use dropout=<rate> for the paper's regularisation",
+        )
+        check("compression", compression, 0.0 < compression <= 1.0, "theta must be in (0, 1] (0.5 for -C)")
+        check_probability("dropout", dropout)
         block_config = tuple(block_config)
-        if not block_config or any(not isinstance(n, int) or n < 1 for n in block_config):
-            raise ValueError(f"block_config={block_config!r} is not valid; give positive layer counts per block")
+        check(
+            "block_config",
+            block_config,
+            bool(block_config) and all(isinstance(n, int) and n >= 1 for n in block_config),
+            "give positive layer counts per block",
+        )
         for knob, value in (("growth_rate", growth_rate), ("init_features", init_features), ("bn_size", bn_size)):
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{knob}={value!r} is not valid; give a positive integer")
+            check_int(knob, value, 1)
         self.growth_rate = growth_rate
         self.block_config = block_config
         self.stem_type = stem

@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .checks import check
+
 NORMS = ("bn", "frozen_bn", "sync_bn", "gn")
 
 
@@ -169,6 +171,12 @@ class SqueezeExcite(nn.Module):
         s = x.mean((2, 3), keepdim=True)  # (B, C, 1, 1)
         s = self.fc2(self.act(self.fc1(s)))
         return x * s.sigmoid()
+
+
+def check_se_ratio(se_ratio: object) -> None:
+    """Raise ``ValueError`` unless ``se_ratio`` is a valid SE reduction r option: None or 0 (no SE) or an int > 0."""
+    ok = se_ratio is None or (isinstance(se_ratio, int) and not isinstance(se_ratio, bool) and se_ratio >= 0)
+    check("se_ratio", se_ratio, ok, "use None or 0 (no SE) or a positive integer such as 16 (SENet's r)")
 
 
 class DropPath(nn.Module):

@@ -7,13 +7,14 @@ signature, so an unknown option is an error rather than silently ignored.
 
 from __future__ import annotations
 
-import difflib
 import fnmatch
 import inspect
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+from .checks import did_you_mean
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -123,9 +124,8 @@ def list_models(pattern: str = "*", *, detection_ready: bool | None = None, fami
 
 def _entry(name: str) -> _Entry:
     if name not in _REGISTRY:
-        close = difflib.get_close_matches(name, list(_REGISTRY), n=5, cutoff=0.5)
-        hint = f"; close matches: {', '.join(close)}" if close else ""
-        raise KeyError(f"unknown model {name!r}{hint}. list_models() gives all {len(_REGISTRY)} names")
+        hint = did_you_mean(name, _REGISTRY, n=5, cutoff=0.5)
+        raise KeyError(f"unknown model {name!r}{hint}; list_models() gives all {len(_REGISTRY)} names")
     return _REGISTRY[name]
 
 
@@ -152,10 +152,7 @@ def build(name: str, options: dict[str, Any]) -> Any:
     valid = builder_options(name)
     unknown = sorted(set(options) - set(valid))
     if unknown:
-        hints = []
-        for opt in unknown:
-            close = difflib.get_close_matches(opt, valid, n=3, cutoff=0.6)
-            hints.append(f"{opt!r}" + (f" (did you mean {', '.join(close)}?)" if close else ""))
+        hints = [f"{opt!r}{did_you_mean(opt, valid)}" for opt in unknown]
         raise TypeError(f"unknown option(s) for {name!r}: {'; '.join(hints)}. Valid options: {', '.join(valid)}")
     kwargs = {**entry.defaults, **{k: v for k, v in options.items() if k not in FACTORY_OPTIONS}}
     model = entry.builder(**kwargs)

@@ -32,7 +32,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .base import Backbone
-from .layers import DropPath, SeparableConv2d, SqueezeExcite
+from .checks import check, check_int, check_probability
+from .layers import DropPath, SeparableConv2d, SqueezeExcite, check_se_ratio
 from .registry import INCEPTION_MEAN, INCEPTION_STD, ModelCard, register_model
 from .weights import rename_keys
 
@@ -108,11 +109,6 @@ class Block(nn.Module):
         return out
 
 
-def _check(name: str, value: object, ok: bool, valid: str) -> None:
-    if not ok:
-        raise ValueError(f"{name}={value!r} is not valid; {valid}")
-
-
 class Xception(Backbone):
     """Xception (Fig. 5) with exact c1..c5 levels (64@2, 128@4, 256@8, 728@16, 2048@32).
 
@@ -137,16 +133,11 @@ class Xception(Backbone):
         reference_padding: bool = False,
     ) -> None:
         super().__init__()
-        _check(
-            "se_ratio",
-            se_ratio,
-            se_ratio is None or (isinstance(se_ratio, int) and se_ratio >= 0),
-            "use None or 0 (no SE) or a positive integer such as 16",
-        )
-        _check("bn_eps", bn_eps, bn_eps in BN_EPS, "use 1e-5 (timm / PyTorch port) or 1e-3 (Keras)")
-        _check("drop_rate", drop_rate, 0.0 <= drop_rate < 1.0, "use a probability in [0, 1)")
-        _check("drop_path_rate", drop_path_rate, 0.0 <= drop_path_rate < 1.0, "use a probability in [0, 1)")
-        _check("num_classes", num_classes, isinstance(num_classes, int) and num_classes >= 0, "use an integer >= 0")
+        check_se_ratio(se_ratio)
+        check("bn_eps", bn_eps, bn_eps in BN_EPS, "use 1e-5 (timm / PyTorch port) or 1e-3 (Keras)")
+        check_probability("drop_rate", drop_rate)
+        check_probability("drop_path_rate", drop_path_rate)
+        check_int("num_classes", num_classes)
         self.reference_padding = reference_padding
         self.drop_rate = drop_rate
         pad = 0 if reference_padding else 1

@@ -200,7 +200,7 @@ def _blocks(*specs):
     "kwargs,pattern",
     [
         (dict(blocks=_blocks((0, "sep_conv_3x3", 1, "sep_conv_33")), concat=(2,)),
-         r"block 0 \(creates state 2\): right op 'sep_conv_33' is unknown \(did you mean sep_conv_3x3.*valid: iden"),
+         r"block 0 \(creates state 2\): right op 'sep_conv_33' is unknown \(did you mean 'sep_conv_3x3'.*valid: iden"),
         (dict(blocks=_blocks((0, "identity", 1, "identity"), (3, "identity", 5, "identity")), concat=(3,)),
          r"block 1 \(creates state 3\): left input 3 is out of range; valid states here: 0\.\.2"),
         (dict(blocks=_blocks((0, "identity", 1, "identity")), concat=(2, 4)),
@@ -220,7 +220,7 @@ def test_genotype_validator(kwargs, pattern):
 
 
 def test_unknown_genotype_and_enas_op():
-    with pytest.raises(KeyError, match="did you mean nasnet_a"):
+    with pytest.raises(KeyError, match="did you mean 'nasnet_a'"):
         NASNet(genotype="nasnet_b")
     with pytest.raises(GenotypeError, match="ENAS op id 7 is unknown"):
         cell_from_enas_arc("bad", "0 7 0 0")
