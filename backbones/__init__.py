@@ -20,7 +20,7 @@ from . import densenet, mobilenet, resnext, shufflenet, squeezenet, xception  # 
 from .base import Backbone, FeatureInfo
 from .checks import check_choice
 from .layers import NORMS, set_drop_path_progress
-from .nas import network as _nas_network  # noqa: F401  (registrations)
+from .nas import models as _nas_models  # noqa: F401  (registrations)
 from .profile import count_macs, count_params
 from .registry import ModelCard, builder_options, list_models, model_card, model_defaults
 from .weights import CheckpointMismatchError, load_pretrained

@@ -41,7 +41,7 @@ from torch.utils.checkpoint import checkpoint
 from .base import Backbone
 from .checks import check, check_choice, check_int, check_probability
 from .layers import ConvNormAct
-from .registry import CIFAR_MEAN, CIFAR_STD, ModelCard, register_model
+from .registry import ModelCard, make_card, register_model
 
 STEMS = ("imagenet", "cifar")
 
@@ -340,19 +340,14 @@ def _imagenet_card(name: str, params: int, macs: int, top1: float | None, **kw) 
 
 
 def _cifar_card(name: str, params: int, macs: int, paper_params: float, top1: float | None, **kw) -> ModelCard:
-    return ModelCard(
+    return make_card(
+        "cifar",
         family="densenet",
         paper="Huang et al., Densely Connected Convolutional Networks, arXiv:1608.06993",
         table=f"structure: paper §3 / Table 2; counts: arch_reference §1 ({name}, computed, CIFAR-10 head)",
         params=params,
         macs=macs,
-        input_size=32,
-        num_classes=10,
         top1=top1,
-        mean=CIFAR_MEAN,
-        std=CIFAR_STD,
-        crop_pct=1.0,
-        detection_ready=False,
         paper_params=paper_params,
         **kw,
     )

@@ -39,7 +39,7 @@ from torch import Tensor, nn
 from .base import Backbone
 from .checks import check, check_choice
 from .layers import ConvNormAct, SqueezeExcite, check_se_ratio
-from .registry import INCEPTION_MEAN, INCEPTION_STD, ModelCard, register_model
+from .registry import ModelCard, make_card, register_model
 
 logger = logging.getLogger(__name__)
 
@@ -254,7 +254,8 @@ class MobileNetV1(Backbone):
 def _card(name: str) -> ModelCard:
     row = ROWS[name]
     tables = "Tables 6 and 7" if row.alpha == 1.0 else "Table 6"
-    return ModelCard(
+    return make_card(
+        "inception",  # TF-slim's and timm's MobileNet v1 weights take inputs in [-1, 1]
         family="mobilenet",
         paper=PAPER,
         table=(
@@ -264,8 +265,6 @@ def _card(name: str) -> ModelCard:
         params=row.params,
         macs=row.macs[224],
         top1=row.top1,
-        mean=INCEPTION_MEAN,  # TF-slim's and timm's MobileNet v1 weights take inputs in [-1, 1]
-        std=INCEPTION_STD,
         paper_params=row.paper_params,
         paper_macs=row.paper_macs,
         macs_at={side: m for side, m in row.macs.items() if side != 224},

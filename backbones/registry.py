@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .checks import did_you_mean
+from .checks import check_choice, did_you_mean
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -74,6 +74,37 @@ class ModelCard:
     @property
     def num_params_m(self) -> float:
         return self.params / 1e6
+
+
+# The card fields every model of one kind of data shares, so a card states none of them (see :func:`make_card`).
+CARD_PRESETS: dict[str, dict[str, Any]] = {
+    "imagenet": {},  # the ModelCard defaults: 224 px, 1000 classes, ImageNet mean/std, crop 0.875
+    # weights ported from TensorFlow (NASNet, PNASNet, Xception, MobileNet v1) take inputs in [-1, 1]
+    "inception": {"mean": INCEPTION_MEAN, "std": INCEPTION_STD},
+    # CIFAR-10 classifiers: 32 px, 10 classes, no crop, strides 1..4 only (not detection backbones)
+    "cifar": {
+        "input_size": 32,
+        "num_classes": 10,
+        "mean": CIFAR_MEAN,
+        "std": CIFAR_STD,
+        "crop_pct": 1.0,
+        "detection_ready": False,
+    },
+}
+
+
+def make_card(preset: str = "imagenet", **fields: Any) -> ModelCard:
+    """A :class:`ModelCard` with the fields of ``CARD_PRESETS[preset]`` filled in.
+
+    Raises:
+        ValueError: for an unknown preset.
+        TypeError: when ``fields`` repeats a field the preset sets (say it once, in the preset).
+    """
+    check_choice("preset", preset, CARD_PRESETS)
+    repeated = sorted(set(fields) & set(CARD_PRESETS[preset]))
+    if repeated:
+        raise TypeError(f"make_card(preset={preset!r}) already sets {', '.join(repeated)}; do not pass them again")
+    return ModelCard(**CARD_PRESETS[preset], **fields)
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,7 @@ from torch import Tensor, nn
 from .base import Backbone
 from .checks import check, check_int, check_probability
 from .layers import DropPath, SeparableConv2d, SqueezeExcite, check_se_ratio
-from .registry import INCEPTION_MEAN, INCEPTION_STD, ModelCard, register_model
+from .registry import make_card, register_model
 from .weights import rename_keys
 
 
@@ -202,7 +202,8 @@ class Xception(Backbone):
 register_model(
     "xception",
     Xception,
-    ModelCard(
+    make_card(
+        "inception",
         family="xception",
         paper="Chollet 2017, Xception, arXiv:1610.02357",
         table="Table 3 (params, exact); arch_reference section 3 (MACs at 299, computed on timm legacy_xception)",
@@ -210,8 +211,6 @@ register_model(
         macs=8_357_403_496,
         input_size=299,
         top1=79.0,
-        mean=INCEPTION_MEAN,
-        std=INCEPTION_STD,
         crop_pct=0.8975,
         twins={"timm": "legacy_xception"},
         paper_params=22_855_952,

@@ -71,8 +71,8 @@ def test_twin_parity(name, twin, side, tmp_path):
 
 def test_default_padding_differs_from_reference(tmp_path):
     """The parity above is not vacuous: the default (exact H / 2**i) padding computes something else."""
-    a = nasnet_a(2, 96, "imagenet", reference_padding=True).eval()
-    b = nasnet_a(2, 96, "imagenet").eval()
+    a = nasnet_a(num_cells=2, penultimate_filters=96, reference_padding=True).eval()
+    b = nasnet_a(num_cells=2, penultimate_filters=96).eval()
     b.load_state_dict(a.state_dict())
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
@@ -132,9 +132,9 @@ def test_any_n_at_f():
     imagenet = backbones.create_model("nasnet_a_mobile", num_cells=3, penultimate_filters=576)
     assert [f.channels for f in imagenet.feature_info] == [32, 24, 144, 288, 576]
     with pytest.raises(ValueError, match="F0=22, but factorized reductions need F0 to be a multiple of 4"):
-        nasnet_a(3, 528)
+        nasnet_a(num_cells=3, penultimate_filters=528)
     with pytest.raises(ValueError, match="nearest valid: 1536 or 1560"):
-        nasnet_a(5, 1538)
+        nasnet_a(num_cells=5, penultimate_filters=1538)
     with pytest.raises(ValueError, match="stem='cfar' is not valid"):
         nasnet_a(stem="cfar")
 
