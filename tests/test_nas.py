@@ -387,3 +387,100 @@ def test_enas_batchnorm_eps_is_the_fixed_arc_codes(name, options):
     bns = [mod for mod in m.modules() if isinstance(mod, torch.nn.BatchNorm2d)]
     assert len(bns) > 50
     assert {bn.eps for bn in bns} == {1e-5} and {bn.momentum for bn in bns} == {0.1}
+
+
+# ---- export: torch.jit.trace (its own re-trace check on), torch.export, no device baked in --------------------------
+# One tiny configuration per builder / genotype / stem, classifier or features_only in turn (fast), and every registered
+# NAS model in both forms (slow).
+TINY = [
+    ("nasnet_a_mobile", True, dict(num_cells=1, penultimate_filters=96)),
+    ("nasnet_a_large", False, dict(num_cells=1, penultimate_filters=96)),  # skip_reduction_layer_input=True
+    ("pnasnet5_large", True, dict(num_cells=1, penultimate_filters=80)),
+    ("nasnet_a_cifar", False, dict(num_cells=1, penultimate_filters=96)),
+    ("enas_micro_cifar", True, dict(num_cells=1, penultimate_filters=80)),
+    ("enas_macro_cifar", False, dict(out_filters=8)),
+]
+
+
+def _outputs(y) -> list[torch.Tensor]:
+    return list(y.values()) if isinstance(y, dict) else [y]
+
+
+def _assert_same(ref, got) -> None:
+    """Equal relative to the output's scale (random-weight NASNet features reach 1e4)."""
+    ref, got = _outputs(ref), _outputs(got)
+    assert len(ref) == len(got)
+    for a, b in zip(ref, got):
+        assert a.shape == b.shape
+        assert (a - b).abs().max() <= 1e-5 * a.abs().max().clamp_min(1.0)
+
+
+def _export_model(name: str, features_only: bool, **options) -> tuple[torch.nn.Module, torch.Tensor]:
+    torch.manual_seed(0)
+    m = backbones.create_model(name, features_only=features_only, **options).eval()
+    randomize_bn_stats(m)
+    side = 64 if backbones.model_card(name).detection_ready else 32
+    return m, torch.randn(2, 3, side, side, generator=torch.Generator().manual_seed(1))
+
+
+def _device_constants(traced: torch.jit.ScriptModule) -> list:
+    return [
+        n
+        for n in traced.inlined_graph.nodes()
+        if n.kind() == "prim::Constant" and n.output().type().kind() == "DeviceObjType"
+    ]
+
+
+def _check_trace(m: torch.nn.Module, x: torch.Tensor, meta: bool = False) -> None:
+    """Traced with autograd on, then checked by torch.jit.trace itself under no_grad (the cells' buffer fast path made
+    the two graphs differ), equal to eager with the fast path; traced again under no_grad, where eager would take the
+    fast path: no device constant in the graph (``meta``: and it runs on the meta device)."""
+    strict = not m.features_only  # a dict of levels is a valid output only with strict=False
+    traced = torch.jit.trace(m, x, strict=strict)
+    with torch.no_grad(), torch.jit.optimized_execution(False):  # no profiling passes: faster for a one-off run
+        _assert_same(m(x), traced(x))
+        traced = torch.jit.trace(m, x, strict=strict, check_trace=False)
+        assert _device_constants(traced) == []
+        if meta:
+            out = traced.to("meta")(torch.empty(x.shape, device="meta"))
+            assert {t.device.type for t in _outputs(out)} == {"meta"}
+
+
+def _check_export(m: torch.nn.Module, x: torch.Tensor) -> None:
+    batch = torch.export.Dim("batch", min=1, max=16)
+    ep = torch.export.export(m, (x,), dynamic_shapes=({0: batch},))
+    x3 = torch.cat([x, x[:1] * 0.5])
+    with torch.no_grad():
+        _assert_same(m(x3), ep.module()(x3))
+
+
+@pytest.mark.parametrize(
+    "name,features_only,options", TINY, ids=[f"{n}-{'features' if f else 'classifier'}" for n, f, _ in TINY]
+)
+def test_tiny_nas_traces_exactly_on_any_device(name, features_only, options):
+    _check_trace(*_export_model(name, features_only, **options), meta=name == "nasnet_a_mobile")
+
+
+@pytest.mark.parametrize("index", [0, 4], ids=["nasnet_a_mobile-features", "enas_micro_cifar-features"])
+def test_tiny_nas_exports_with_dynamic_batch(index):
+    name, features_only, options = TINY[index]
+    _check_export(*_export_model(name, features_only, **options))
+
+
+def test_box_head_tail_traces_exactly():
+    f, _ = _export_model("nasnet_a_mobile", True, out_features=("c4", "c5"), num_cells=2, penultimate_filters=96)
+    head = f.make_box_head("c4")
+    rois = torch.rand(3, f.out_channels["c4"], 7, 7, generator=torch.Generator().manual_seed(2))
+    traced = torch.jit.trace(head, rois)
+    with torch.no_grad(), torch.jit.optimized_execution(False):
+        _assert_same(head(rois), traced(rois))
+        assert _device_constants(torch.jit.trace(head, rois, check_trace=False)) == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("features_only", [False, True], ids=["classifier", "features"])
+@pytest.mark.parametrize("name", backbones.list_models(family="nas"))
+def test_every_nas_model_traces_and_exports_exactly(name, features_only):
+    m, x = _export_model(name, features_only)
+    _check_trace(m, x, meta=True)
+    _check_export(m, x)
