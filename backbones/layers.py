@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .checks import check
+from .checks import check, check_choice, check_probability
 
 NORMS = ("bn", "frozen_bn", "sync_bn", "gn")
 
@@ -56,8 +56,7 @@ def convert_norm(module: nn.Module, norm: str) -> nn.Module:
     ``"frozen_bn"`` keeps the running statistics; ``"gn"`` keeps gamma/beta and uses gcd(C, 32) groups;
     ``"sync_bn"`` uses ``nn.SyncBatchNorm`` (needs torch.distributed at training time).
     """
-    if norm not in NORMS:
-        raise ValueError(f"norm={norm!r} is not valid; choose one of {', '.join(NORMS)}")
+    check_choice("norm", norm, NORMS)
     if norm == "bn":
         return module
     if norm == "sync_bn":
@@ -189,8 +188,7 @@ class DropPath(nn.Module):
 
     def __init__(self, drop_prob: float = 0.0, scheduled: bool = False) -> None:
         super().__init__()
-        if not 0.0 <= drop_prob < 1.0:
-            raise ValueError(f"drop_prob={drop_prob} must be in [0, 1)")
+        check_probability("drop_prob", drop_prob)
         self.drop_prob = drop_prob
         self.scheduled = scheduled
         self.progress = 1.0 if not scheduled else 0.0

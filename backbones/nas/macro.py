@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..base import Backbone
+from ..checks import check
 from ..layers import FactorizedReduce, SeparableConv2d
 from .genotypes import ENAS_MACRO_ARC, MacroLayer, decode_enas_macro_arc
 
@@ -92,8 +93,9 @@ class ENASMacro(Backbone):
         bn_momentum: float = 0.1,
     ) -> None:
         super().__init__()
-        if drop_path_rate != 0.0:
-            raise ValueError(f"drop_path_rate={drop_path_rate}: the ENAS macro network has no drop path; use 0.0")
+        check(
+            "drop_path_rate", drop_path_rate, drop_path_rate == 0.0, "the ENAS macro network has no drop path: use 0.0"
+        )
         layers = decode_enas_macro_arc(arc)
         n = len(layers)
         if n < 3:
