@@ -10,7 +10,10 @@ One class, :class:`NASNet`, builds every cell network from data: a genotype (``g
 stage (or one count per stage), the penultimate width F (``N @ F``; F0 = F / (4 x the normal cell's output width)),
 an ImageNet stem (conv0 3x3/2 + two reduction "stem cells") or a CIFAR stem (conv 3x3/1). Every layer's wiring,
 channel count and padding follows TF-slim ``_build_nasnet_base``; cell outputs are concatenations of 6F (normal) and
-4F (reduction) for NASNet-A, as the released checkpoints (the paper's Fig. 4 shows 5F/3F).
+4F (reduction) for NASNet-A, as the released checkpoints (the paper's Fig. 4 shows 5F/3F). The wiring is data
+(``plan.py``: :func:`~backbones.nas.plan.wire_cells`), and one executor (:func:`~backbones.nas.plan.run_plan`) runs
+the classifier, ``features_only``, the auxiliary head's input and the C4 box head; the registered variants are rows in
+``models.py``.
 
 Deliberate deviations, each with the option restoring the reference:
 * conv0 pads 1 and stride-2 ops pad symmetrically, so levels are exactly ``H / 2**i`` (``reference_padding=True``
