@@ -19,9 +19,9 @@ import torch
 
 from . import densenet, mobilenet, resnext, shufflenet, squeezenet, xception  # noqa: F401  (registrations)
 from .base import Backbone, FeatureInfo
-from .checks import did_you_mean
+from .checks import check_choice, did_you_mean
 from .layers import NORMS, set_drop_path_progress
-from .nas import network as _nas_network  # noqa: F401  (registrations)
+from .nas import models as _nas_models  # noqa: F401  (registrations)
 from .profile import count_macs, count_params
 from .registry import ModelCard, builder_options, list_models, model_card, model_defaults
 from .weights import CheckpointMismatchError, load_planned, plan_pretrained
@@ -78,8 +78,7 @@ def create_model(
     """
     from .registry import build
 
-    if norm not in NORMS:
-        raise ValueError(f"norm={norm!r} is not valid; choose one of {', '.join(NORMS)}")
+    check_choice("norm", norm, NORMS)
     if not isinstance(pretrained, bool | str | os.PathLike):
         raise TypeError(f"pretrained={pretrained!r} must be False, True or a path to a state dict")
     if not isinstance(channels_last, bool):

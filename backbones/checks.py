@@ -26,6 +26,16 @@ def check(name: str, value: object, ok: bool, valid: str) -> None:
         raise ValueError(f"{name}={value!r} is not valid; {valid}")
 
 
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_probability(name: str, value: object) -> None:
+    """Raise ``ValueError`` unless ``value`` is a number in ``[0, 1)`` (a dropout or drop-path rate)."""
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and 0.0 <= value < 1.0
+    check(name, value, ok, "use a probability in [0, 1)")
+
+
 def check_choice(name: str, value: object, choices: Iterable[object]) -> None:
     """Raise ``ValueError`` naming ``value``, its close matches and every valid choice unless it is one of them."""
     choices = list(choices)
@@ -47,7 +57,7 @@ def check_keys(mapping: Mapping[str, Any], valid: Iterable[str], where: str) -> 
             )
 
 
-def check_int(name: str, value: object, minimum: int, maximum: int | None = None, meaning: str = "") -> int:
+def check_int(name: str, value: object, minimum: int = 0, maximum: int | None = None, meaning: str = "") -> int:
     """Return ``value`` as an ``int`` if it is an integer (``bool`` is not) in ``[minimum, maximum]``.
 
     Raises ``TypeError`` for another type and ``ValueError`` out of range, both shaped like :func:`check`:

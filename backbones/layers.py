@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .checks import check, check_choice, check_probability
+
 NORMS = ("bn", "frozen_bn", "sync_bn", "gn")
 
 
@@ -54,8 +56,7 @@ def convert_norm(module: nn.Module, norm: str) -> nn.Module:
     ``"frozen_bn"`` keeps the running statistics; ``"gn"`` keeps gamma/beta and uses gcd(C, 32) groups;
     ``"sync_bn"`` uses ``nn.SyncBatchNorm`` (needs torch.distributed at training time).
     """
-    if norm not in NORMS:
-        raise ValueError(f"norm={norm!r} is not valid; choose one of {', '.join(NORMS)}")
+    check_choice("norm", norm, NORMS)
     if norm == "bn":
         return module
     if norm == "sync_bn":
@@ -171,6 +172,12 @@ class SqueezeExcite(nn.Module):
         return x * s.sigmoid()
 
 
+def check_se_ratio(se_ratio: object) -> None:
+    """Raise ``ValueError`` unless ``se_ratio`` is a valid SE reduction r option: None or 0 (no SE) or an int > 0."""
+    ok = se_ratio is None or (isinstance(se_ratio, int) and not isinstance(se_ratio, bool) and se_ratio >= 0)
+    check("se_ratio", se_ratio, ok, "use None or 0 (no SE) or a positive integer such as 16 (SENet's r)")
+
+
 class DropPath(nn.Module):
     """Per-sample drop of a whole residual/cell path (stochastic depth), identity in eval.
 
@@ -181,8 +188,7 @@ class DropPath(nn.Module):
 
     def __init__(self, drop_prob: float = 0.0, scheduled: bool = False) -> None:
         super().__init__()
-        if not 0.0 <= drop_prob < 1.0:
-            raise ValueError(f"drop_prob={drop_prob} must be in [0, 1)")
+        check_probability("drop_prob", drop_prob)
         self.drop_prob = drop_prob
         self.scheduled = scheduled
         self.progress = 1.0 if not scheduled else 0.0

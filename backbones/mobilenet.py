@@ -31,7 +31,6 @@ Levels: c1..c5 = the outputs of depthwise-separable layers 1, 3, 5, 11 and 13, t
 
 from __future__ import annotations
 
-import difflib
 import logging
 import math
 import re
@@ -41,8 +40,9 @@ import torch
 from torch import Tensor, nn
 
 from .base import Backbone
-from .layers import Conv2dSame, ConvNormAct, SqueezeExcite
-from .registry import INCEPTION_MEAN, INCEPTION_STD, ModelCard, register_model, resolve_reference
+from .checks import check, check_choice
+from .layers import Conv2dSame, ConvNormAct, SqueezeExcite, check_se_ratio
+from .registry import ModelCard, make_card, register_model, resolve_reference
 
 logger = logging.getLogger(__name__)
 
@@ -160,13 +160,6 @@ class DepthwiseSeparable(nn.Sequential):
             self.se = SqueezeExcite(cout, reduction=se_ratio)
 
 
-def _choice(name: str, value: str, valid: dict | tuple) -> None:
-    if value not in valid:
-        close = difflib.get_close_matches(str(value), list(valid), n=2)
-        hint = f" (did you mean {', '.join(close)}?)" if close else ""
-        raise ValueError(f"{name}={value!r} is not valid{hint}; choose one of {', '.join(valid)}")
-
-
 class MobileNetV1(Backbone):
     """MobileNet v1 with width multiplier ``alpha``; ``body`` = stem, block1 .. block13 (see the module docstring)."""
 
@@ -186,16 +179,21 @@ class MobileNetV1(Backbone):
         tf = self.reference == "tf"
         if act is None:
             act = "relu6" if self.reference in REFERENCES else "relu"
-        if not isinstance(alpha, int | float) or alpha <= 0:
-            raise ValueError(f"alpha={alpha!r} must be a positive width multiplier (the paper's: 1.0, 0.75, 0.5, 0.25)")
-        _choice("act", act, ACTIVATIONS)
-        if not isinstance(se_ratio, int) or se_ratio < 0:
-            raise ValueError(f"se_ratio={se_ratio!r} must be an integer SE reduction r >= 0 (0 = no SE, 16 = SENet's)")
-        if drop_path_rate != 0.0:
-            raise ValueError(
-                f"drop_path_rate={drop_path_rate!r} is not valid for MobileNet v1: it has no residual connections, "
-                f"so there is no path to drop; only 0.0 is valid"
-            )
+        check(
+            "alpha",
+            alpha,
+            isinstance(alpha, int | float) and alpha > 0,
+            "use a positive width multiplier (the paper's: 1.0, 0.75, 0.5, 0.25)",
+        )
+        check_choice("act", act, ACTIVATIONS)
+        check_se_ratio(se_ratio)
+        check(
+            "drop_path_rate",
+            drop_path_rate,
+            drop_path_rate == 0.0,
+            "MobileNet v1 has no residual connections, so there is no path to drop; only 0.0 is valid",
+        )
+        se_ratio = se_ratio or 0
         self.alpha = float(alpha)
         self.act = act
         self.reference_padding = reference_padding  # no-op: the symmetric k // 2 padding is the twin's
@@ -272,7 +270,8 @@ class MobileNetV1(Backbone):
 def _card(name: str) -> ModelCard:
     row = ROWS[name]
     tables = "Tables 6 and 7" if row.alpha == 1.0 else "Table 6"
-    return ModelCard(
+    return make_card(
+        "inception",  # TF-slim's and timm's MobileNet v1 weights take inputs in [-1, 1]
         family="mobilenet",
         paper=PAPER,
         table=(
@@ -282,8 +281,6 @@ def _card(name: str) -> ModelCard:
         params=row.params,
         macs=row.macs[224],
         top1=row.top1,
-        mean=INCEPTION_MEAN,  # TF-slim's and timm's MobileNet v1 weights take inputs in [-1, 1]
-        std=INCEPTION_STD,
         paper_params=row.paper_params,
         paper_macs=row.paper_macs,
         macs_at={side: m for side, m in row.macs.items() if side != 224},

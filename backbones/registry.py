@@ -7,7 +7,6 @@ signature, so an unknown option is an error rather than silently ignored.
 
 from __future__ import annotations
 
-import difflib
 import fnmatch
 import inspect
 import traceback
@@ -15,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .checks import check_int
+from .checks import check_choice, check_int, did_you_mean
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -101,6 +100,37 @@ class ModelCard:
         return self.params / 1e6
 
 
+# The card fields every model of one kind of data shares, so a card states none of them (see :func:`make_card`).
+CARD_PRESETS: dict[str, dict[str, Any]] = {
+    "imagenet": {},  # the ModelCard defaults: 224 px, 1000 classes, ImageNet mean/std, crop 0.875
+    # weights ported from TensorFlow (NASNet, PNASNet, Xception, MobileNet v1) take inputs in [-1, 1]
+    "inception": {"mean": INCEPTION_MEAN, "std": INCEPTION_STD},
+    # CIFAR-10 classifiers: 32 px, 10 classes, no crop, strides 1..4 only (not detection backbones)
+    "cifar": {
+        "input_size": 32,
+        "num_classes": 10,
+        "mean": CIFAR_MEAN,
+        "std": CIFAR_STD,
+        "crop_pct": 1.0,
+        "detection_ready": False,
+    },
+}
+
+
+def make_card(preset: str = "imagenet", **fields: Any) -> ModelCard:
+    """A :class:`ModelCard` with the fields of ``CARD_PRESETS[preset]`` filled in.
+
+    Raises:
+        ValueError: for an unknown preset.
+        TypeError: when ``fields`` repeats a field the preset sets (say it once, in the preset).
+    """
+    check_choice("preset", preset, CARD_PRESETS)
+    repeated = sorted(set(fields) & set(CARD_PRESETS[preset]))
+    if repeated:
+        raise TypeError(f"make_card(preset={preset!r}) already sets {', '.join(repeated)}; do not pass them again")
+    return ModelCard(**CARD_PRESETS[preset], **fields)
+
+
 @dataclass(frozen=True)
 class _Entry:
     name: str
@@ -157,9 +187,8 @@ def _entry(name: str) -> _Entry:
             f"'resnet50'. list_models() gives all {len(_REGISTRY)} names"
         )
     if name not in _REGISTRY:
-        close = difflib.get_close_matches(name, list(_REGISTRY), n=5, cutoff=0.5)
-        hint = f"; close matches: {', '.join(close)}" if close else ""
-        raise KeyError(f"unknown model {name!r}{hint}. list_models() gives all {len(_REGISTRY)} names")
+        hint = did_you_mean(name, _REGISTRY, n=5, cutoff=0.5)
+        raise KeyError(f"unknown model {name!r}{hint}; list_models() gives all {len(_REGISTRY)} names")
     return _REGISTRY[name]
 
 
@@ -186,10 +215,7 @@ def build(name: str, options: dict[str, Any]) -> Any:
     valid = builder_options(name)
     unknown = sorted(set(options) - set(valid))
     if unknown:
-        hints = []
-        for opt in unknown:
-            close = difflib.get_close_matches(opt, valid, n=3, cutoff=0.6)
-            hints.append(f"{opt!r}" + (f" (did you mean {', '.join(close)}?)" if close else ""))
+        hints = [f"{opt!r}{did_you_mean(opt, valid)}" for opt in unknown]
         raise TypeError(f"unknown option(s) for {name!r}: {'; '.join(hints)}. Valid options: {', '.join(valid)}")
     # checked here, once for every family, before any layer is built
     if "num_classes" in options:
@@ -224,8 +250,7 @@ def resolve_reference(
             ``reference_padding=True`` combined with another reference.
     """
     if reference is not None and reference not in accepted:
-        close = difflib.get_close_matches(str(reference), accepted, n=2, cutoff=0.5)
-        hint = f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
+        hint = did_you_mean(reference, accepted, n=2, cutoff=0.5)
         raise ValueError(
             f"reference={reference!r} is not valid{hint}; accepted: None (exact H / 2**i levels)"
             + "".join(f", {r!r}" for r in accepted)

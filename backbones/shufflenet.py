@@ -40,7 +40,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .base import Backbone
-from .layers import ConvNormAct, DropPath, SqueezeExcite, channel_shuffle
+from .checks import check_probability
+from .layers import ConvNormAct, DropPath, SqueezeExcite, channel_shuffle, check_se_ratio
 from .registry import ModelCard, register_model, resolve_reference
 
 PAPER = "Zhang et al. 2017, ShuffleNet, arXiv:1707.01083"
@@ -181,10 +182,9 @@ class ShuffleNetV1(Backbone):
                 f"(groups={groups!r}, scale={scale!r}) has no channel table (paper Table 1 for 1x, megvii's official "
                 f"configs for other scales); valid: {valid}"
             )
-        if not isinstance(se_ratio, int) or se_ratio < 0:
-            raise ValueError(f"se_ratio={se_ratio!r} must be an integer SE reduction r >= 0 (0 = no SE, 16 = SENet's)")
-        if not 0.0 <= drop_path_rate < 1.0:
-            raise ValueError(f"drop_path_rate={drop_path_rate!r} must be in [0, 1)")
+        check_se_ratio(se_ratio)
+        check_probability("drop_path_rate", drop_path_rate)
+        se_ratio = se_ratio or 0
         self.groups = groups
         self.scale = scale
         self.channel_shuffle = channel_shuffle

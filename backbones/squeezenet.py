@@ -36,7 +36,6 @@ Deviations, each behind an option:
 
 from __future__ import annotations
 
-import difflib
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -45,7 +44,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .base import Backbone
-from .layers import ConvNormAct, DropPath, SqueezeExcite
+from .checks import check_choice, check_int, check_probability
+from .layers import ConvNormAct, DropPath, SqueezeExcite, check_se_ratio
 from .registry import ModelCard, register_model, resolve_reference
 
 VERSIONS = ("1_0", "1_1")
@@ -125,18 +125,6 @@ class Fire(nn.Module):
         return out
 
 
-def _check(name: str, value: object, ok: bool, valid: str) -> None:
-    if not ok:
-        raise ValueError(f"{name}={value!r} is not valid; {valid}")
-
-
-def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        close = difflib.get_close_matches(str(value), choices, n=2, cutoff=0.5)
-        hint = f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
-        raise ValueError(f"{name}={value!r} is not valid{hint}; choose one of {', '.join(map(repr, choices))}")
-
-
 class SqueezeNet(Backbone):
     """SqueezeNet 1.0 / 1.1 (``version``) with optional bypass, SE and stochastic depth.
 
@@ -173,17 +161,12 @@ class SqueezeNet(Backbone):
         super().__init__()
         self.reference = resolve_reference(reference, reference_padding, ("torchvision", "caffe"), "torchvision")
         reference_padding = self.reference is not None
-        _check_choice("version", version, VERSIONS)
-        _check_choice("bypass", bypass, BYPASSES)
-        _check(
-            "se_ratio",
-            se_ratio,
-            se_ratio is None or (isinstance(se_ratio, int) and se_ratio >= 0),
-            "use None or 0 (no SE) or a positive integer such as 16",
-        )
-        _check("drop_rate", drop_rate, 0.0 <= drop_rate < 1.0, "use a probability in [0, 1)")
-        _check("drop_path_rate", drop_path_rate, 0.0 <= drop_path_rate < 1.0, "use a probability in [0, 1)")
-        _check("num_classes", num_classes, isinstance(num_classes, int) and num_classes >= 0, "use an integer >= 0")
+        check_choice("version", version, VERSIONS)
+        check_choice("bypass", bypass, BYPASSES)
+        check_se_ratio(se_ratio)
+        check_probability("drop_rate", drop_rate)
+        check_probability("drop_path_rate", drop_path_rate)
+        check_int("num_classes", num_classes)
         if drop_path_rate > 0 and bypass == "none":
             raise ValueError(
                 f"drop_path_rate={drop_path_rate} needs a residual path, but bypass='none'; "

@@ -36,8 +36,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .base import Backbone
-from .layers import DropPath, MaxPool2dSame, SeparableConv2d, SqueezeExcite
-from .registry import INCEPTION_MEAN, INCEPTION_STD, ModelCard, register_model, resolve_reference
+from .checks import check, check_int, check_probability
+from .layers import DropPath, MaxPool2dSame, SeparableConv2d, SqueezeExcite, check_se_ratio
+from .registry import make_card, register_model, resolve_reference
 from .weights import rename_keys
 
 
@@ -115,11 +116,6 @@ class Block(nn.Module):
         return out
 
 
-def _check(name: str, value: object, ok: bool, valid: str) -> None:
-    if not ok:
-        raise ValueError(f"{name}={value!r} is not valid; {valid}")
-
-
 class Xception(Backbone):
     """Xception (Fig. 5) with exact c1..c5 levels (64@2, 128@4, 256@8, 728@16, 2048@32).
 
@@ -151,16 +147,11 @@ class Xception(Backbone):
         tf = self.reference == "tf"
         if bn_eps is None:
             bn_eps = 1e-3 if tf else 1e-5
-        _check(
-            "se_ratio",
-            se_ratio,
-            se_ratio is None or (isinstance(se_ratio, int) and se_ratio >= 0),
-            "use None or 0 (no SE) or a positive integer such as 16",
-        )
-        _check("bn_eps", bn_eps, bn_eps in BN_EPS, "use 1e-5 (timm / PyTorch port) or 1e-3 (Keras)")
-        _check("drop_rate", drop_rate, 0.0 <= drop_rate < 1.0, "use a probability in [0, 1)")
-        _check("drop_path_rate", drop_path_rate, 0.0 <= drop_path_rate < 1.0, "use a probability in [0, 1)")
-        _check("num_classes", num_classes, isinstance(num_classes, int) and num_classes >= 0, "use an integer >= 0")
+        check_se_ratio(se_ratio)
+        check("bn_eps", bn_eps, bn_eps in BN_EPS, "use 1e-5 (timm / PyTorch port) or 1e-3 (Keras)")
+        check_probability("drop_rate", drop_rate)
+        check_probability("drop_path_rate", drop_path_rate)
+        check_int("num_classes", num_classes)
         self.reference_padding = reference_padding
         self.drop_rate = drop_rate
         pad = 0 if self.reference is not None else 1
@@ -225,7 +216,8 @@ class Xception(Backbone):
 register_model(
     "xception",
     Xception,
-    ModelCard(
+    make_card(
+        "inception",
         family="xception",
         paper="Chollet 2017, Xception, arXiv:1610.02357",
         table="Table 3 (params, exact); arch_reference section 3 (MACs at 299, computed on timm legacy_xception)",
@@ -233,8 +225,6 @@ register_model(
         macs=8_357_403_496,
         input_size=299,
         top1=79.0,
-        mean=INCEPTION_MEAN,
-        std=INCEPTION_STD,
         crop_pct=0.8975,
         twins={"timm": "legacy_xception"},
         paper_params=22_855_952,

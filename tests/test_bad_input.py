@@ -490,7 +490,7 @@ def test_visualize_out_of_range_arguments_are_refused_naming_the_range(tmp_path,
         (["--batch-size", "0"], "batch_size=0 is not valid; use an integer >= 1"),
         (["--repeats", "0"], "repeats=0 is not valid; use an integer >= 1"),
         (["--warmup", "-1"], "warmup=-1 is not valid; use an integer >= 0"),
-        (["--baseline", "mobilenet_v1_x0_3"], "unknown model 'mobilenet_v1_x0_3'; close matches: mobilenet_v1_x0_5"),
+        (["--baseline", "mobilenet_v1_x0_3"], "unknown model 'mobilenet_v1_x0_3' (did you mean 'mobilenet_v1_x0_5'"),
     ],
 )
 def test_benchmark_arguments_refused_before_any_timing(capsys, monkeypatch, args, message):

@@ -109,7 +109,7 @@ def test_option_errors():
     with pytest.raises(ValueError, match=r"drop_path_rate=0\.1.*no residual.*only 0\.0"):
         backbones.create_model("mobilenet_v1_x1_0", drop_path_rate=0.1)
     backbones.create_model("mobilenet_v1_x0_25", drop_path_rate=0.0)
-    with pytest.raises(ValueError, match=r"act='relu7'.*did you mean .*relu6.*choose one of relu, relu6"):
+    with pytest.raises(ValueError, match=r"act='relu7'.*did you mean .*'relu6'.*choose one of 'relu', 'relu6'"):
         backbones.create_model("mobilenet_v1_x1_0", act="relu7")
     with pytest.raises(ValueError, match=r"alpha=0.*positive width multiplier"):
         backbones.create_model("mobilenet_v1_x1_0", alpha=0)

@@ -29,19 +29,19 @@ def test_list_models_pattern():
 
 def test_unknown_model_lists_close_matches():
     name = backbones.list_models()[0]
-    with pytest.raises(KeyError, match=f"close matches: .*{name}"):
+    with pytest.raises(KeyError, match=f"unknown model '{name}x' \\(did you mean .*'{name}'"):
         backbones.create_model(name + "x")
 
 
 def test_unknown_option_names_valid_ones():
     name = backbones.list_models()[0]
-    with pytest.raises(TypeError, match="num_clases.*did you mean num_classes.*Valid options"):
+    with pytest.raises(TypeError, match="'num_clases' \\(did you mean 'num_classes'\\?\\).*Valid options"):
         backbones.create_model(name, num_clases=3)
 
 
 def test_bad_norm_and_frozen_stages_and_level():
     name = backbones.list_models(detection_ready=True)[0]
-    with pytest.raises(ValueError, match="norm='batchnorm'.*bn, frozen_bn, sync_bn, gn"):
+    with pytest.raises(ValueError, match="norm='batchnorm' is not valid.*'bn', 'frozen_bn', 'sync_bn', 'gn'"):
         backbones.create_model(name, norm="batchnorm")
     with pytest.raises(ValueError, match="frozen_stages=9"):
         backbones.create_model(name, frozen_stages=9)
@@ -183,3 +183,20 @@ def test_benchmark_alternates_the_order_of_its_contenders():
     wall, cpu = interleaved([lambda: calls.append("a"), lambda: calls.append("b")], repeats=3)
     assert calls == ["a", "b", "b", "a", "a", "b"]
     assert [len(w) for w in wall] == [3, 3] == [len(c) for c in cpu] and min(map(min, wall)) >= 0
+
+
+def test_card_presets_are_stated_once():
+    """CIFAR cards all carry the CIFAR preset (32 px, 10 classes, CIFAR mean/std, no crop, not detection-ready), and a
+    card cannot restate a preset field or name an unknown preset."""
+    cifar = registry.CARD_PRESETS["cifar"]
+    names = backbones.list_models(detection_ready=False)
+    assert len(names) >= 10  # 6 DenseNet, 2 NASNet-A, 2 ENAS today
+    for name in names:
+        card = backbones.model_card(name)
+        assert {k: getattr(card, k) for k in cifar} == cifar, name
+    card = registry.make_card("inception", family="x", paper="p", table="t", params=1, macs=None)
+    assert card.mean == card.std == (0.5, 0.5, 0.5) and card.input_size == 224
+    with pytest.raises(TypeError, match="already sets num_classes"):
+        registry.make_card("cifar", family="x", paper="p", table="t", params=1, macs=None, num_classes=10)
+    with pytest.raises(ValueError, match="preset='cifar10' is not valid .*did you mean 'cifar'"):
+        registry.make_card("cifar10", family="x", paper="p", table="t", params=1, macs=None)
