@@ -252,8 +252,30 @@ class Backbone(nn.Module):
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         raise NotImplementedError
 
+    def check_input_size(self, x: Tensor) -> None:
+        """Raise naming the minimum side when ``x`` is smaller than the deepest requested level's stride.
+
+        A level of stride ``s`` has ``H / s`` rows: below ``s`` pixels it would be less than one, and the network
+        either fails inside some layer or returns maps made of padding. The minimum comes from ``out_strides``.
+        Skipped while tracing, scripting or compiling (the shapes there are symbolic; traced graphs stay as they were).
+        """
+        if torch.jit.is_scripting() or torch.jit.is_tracing() or torch.compiler.is_compiling():
+            return
+        if isinstance(x, torch.fx.Proxy):
+            return
+        side = self.size_divisibility
+        if x.shape[-2] < side or x.shape[-1] < side:
+            deepest = max(self.out_strides, key=self.out_strides.__getitem__)
+            name = getattr(self, "model_name", type(self).__name__)
+            raise ValueError(
+                f"input of {x.shape[-2]}x{x.shape[-1]} px is too small for {name} returning "
+                f"{', '.join(self.out_features)}: level {deepest} has stride {side}, so each side must be at least "
+                f"{side} px (a multiple of {side} for exact H / stride maps)"
+            )
+
     def forward(self, x: Tensor) -> Any:
         if self.features_only:
+            self.check_input_size(x)
             return self.forward_levels(x)
         return self.forward_head(self.forward_features(x))
 

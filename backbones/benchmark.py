@@ -17,10 +17,29 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .checks import check_choice, check_int
 from .profile import count_macs
 from .registry import model_card
 
 logger = logging.getLogger(__name__)
+
+
+MODES = ("forward", "train")
+
+
+def check_options(
+    batch_size: int, repeats: int, warmup: int, modes: tuple[str, ...], input_size: int | None = None
+) -> None:
+    """Refuse what would time nothing or something else than asked, naming the value and what is valid."""
+    check_int("batch_size", batch_size, 1)
+    check_int("repeats", repeats, 1, meaning="the median is taken over them")
+    check_int("warmup", warmup, 0)
+    if input_size is not None:
+        check_int("input_size", input_size, 1, meaning="the image side in pixels")
+    if not modes:
+        raise ValueError(f"modes={modes!r} is not valid; choose one or more of {', '.join(MODES)}")
+    for mode in modes:
+        check_choice("modes", mode, MODES)
 
 
 @dataclass
@@ -135,6 +154,7 @@ def compare(
     """Time ours and the twin (or ``baseline``, another registered model) in the same process, interleaved."""
     from . import create_model
 
+    check_options(batch_size, repeats, warmup, modes, input_size)
     dev = torch.device(device)
     side = input_size or model_card(name).input_size
     with torch.device("meta"):

@@ -8,6 +8,7 @@ Imports nothing but the standard library (``backbones`` depends on torch only).
 from __future__ import annotations
 
 import difflib
+import numbers
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -44,3 +45,17 @@ def check_keys(mapping: Mapping[str, Any], valid: Iterable[str], where: str) -> 
             raise ValueError(
                 f"unknown key {where}.{key}{did_you_mean(key, valid)}; valid keys: {', '.join(map(str, valid))}"
             )
+
+
+def check_int(name: str, value: object, minimum: int, maximum: int | None = None, meaning: str = "") -> int:
+    """Return ``value`` as an ``int`` if it is an integer (``bool`` is not) in ``[minimum, maximum]``.
+
+    Raises ``TypeError`` for another type and ``ValueError`` out of range, both shaped like :func:`check`:
+    ``"<name>=<value> is not valid; use an integer >= <minimum> (<meaning>)"``.
+    """
+    span = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
+    valid = f"use an integer {span}" + (f" ({meaning})" if meaning else "")
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name}={value!r} is not valid ({type(value).__name__}); {valid}")
+    check(name, value, minimum <= value and (maximum is None or value <= maximum), valid)
+    return int(value)

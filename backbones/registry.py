@@ -15,6 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from .checks import check_int
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 INCEPTION_MEAN = (0.5, 0.5, 0.5)  # TF-ported weights (NASNet, PNASNet, Xception)
@@ -122,6 +124,11 @@ def list_models(pattern: str = "*", *, detection_ready: bool | None = None, fami
 
 
 def _entry(name: str) -> _Entry:
+    if not isinstance(name, str):
+        raise TypeError(
+            f"model name {name!r} ({type(name).__name__}) is not valid; give a registered name as a string, e.g. "
+            f"'resnet50'. list_models() gives all {len(_REGISTRY)} names"
+        )
     if name not in _REGISTRY:
         close = difflib.get_close_matches(name, list(_REGISTRY), n=5, cutoff=0.5)
         hint = f"; close matches: {', '.join(close)}" if close else ""
@@ -157,6 +164,11 @@ def build(name: str, options: dict[str, Any]) -> Any:
             close = difflib.get_close_matches(opt, valid, n=3, cutoff=0.6)
             hints.append(f"{opt!r}" + (f" (did you mean {', '.join(close)}?)" if close else ""))
         raise TypeError(f"unknown option(s) for {name!r}: {'; '.join(hints)}. Valid options: {', '.join(valid)}")
+    # checked here, once for every family, before any layer is built
+    if "num_classes" in options:
+        check_int("num_classes", options["num_classes"], 0, meaning="0 = no classifier: the pooled features")
+    if "in_chans" in options:
+        check_int("in_chans", options["in_chans"], 1, meaning="input image channels, 3 for RGB")
     kwargs = {**entry.defaults, **{k: v for k, v in options.items() if k not in FACTORY_OPTIONS}}
     model = entry.builder(**kwargs)
     model.model_name = name

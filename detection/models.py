@@ -21,6 +21,7 @@ from __future__ import annotations
 import difflib
 import logging
 import os
+import re
 from collections import OrderedDict
 from collections.abc import Mapping
 from functools import partial
@@ -30,6 +31,7 @@ from torch import Tensor, nn
 
 import backbones
 from backbones import Backbone
+from backbones.checks import check
 from backbones.layers import ConvNormAct
 from backbones.weights import load_state_dict_checked, read_state_dict
 from training.config import plain
@@ -121,7 +123,22 @@ def resolve_config(detector_cfg: Mapping[str, Any] | str) -> dict[str, Any]:
             close = difflib.get_close_matches(key, valid, n=3)
             hint = f" (did you mean {', '.join(close)}?)" if close else ""
             raise ValueError(f"unknown option {key!r} for detector {name!r}{hint}; valid: {', '.join(sorted(valid))}")
-    return {**valid, **{k: v for k, v in cfg.items() if k not in _CONFIG_ONLY}, "name": name}
+    out = {**valid, **{k: v for k, v in cfg.items() if k not in _CONFIG_ONLY}, "name": name}
+    if "levels" in out:
+        _check_level_names("detector.levels", out["levels"])
+    return out
+
+
+def _check_level_names(key: str, levels: Any) -> None:
+    """``levels`` must be a non-empty list of distinct ``c<i>`` names in increasing stride (``c<i>``: stride 2**i)."""
+    example = "e.g. ['c3', 'c4', 'c5']; level c<i> has stride 2**i"
+    check(key, levels, isinstance(levels, list | tuple), f"give a list of level names, {example}")
+    check(key, levels, len(levels) > 0, f"give at least one level, {example}")
+    for n in levels:
+        check(key, levels, isinstance(n, str) and re.fullmatch(r"c[0-9]+", n) is not None,
+              f"{n!r} is not a level name; {example}")  # fmt: skip
+    idx = [int(n[1:]) for n in levels]
+    check(key, levels, idx == sorted(set(idx)), f"list each level once, in increasing stride, {example}")
 
 
 class FeatureAdapter(nn.Module):

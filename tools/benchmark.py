@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 import backbones  # noqa: E402
-from backbones.benchmark import compare, cpu_peak_mb, format_table  # noqa: E402
+from backbones.benchmark import check_options, compare, cpu_peak_mb, format_table  # noqa: E402
 
 
 def _option(text: str) -> tuple[str, object]:
@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--amp", action="store_true", help="bf16 autocast on CPU, fp16 on CUDA")
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--modes", default="forward,train")
+    ap.add_argument("--modes", default="forward,train", help="comma-separated: forward, train")
     ap.add_argument("--twin", choices=("timm", "torchvision"), default=None)
     ap.add_argument("--baseline", default=None, help="compare with another registered model instead of the twin")
     ap.add_argument("--peak-memory", action="store_true", help="also measure peak memory of each step")
@@ -57,7 +57,15 @@ def main(argv: list[str] | None = None) -> int:
     names = [n for n in backbones.list_models() if backbones.model_card(n).twins] if args.all else args.models
     if not names:
         ap.error("name at least one model, or --all")
-    modes = tuple(args.modes.split(","))
+    modes = tuple(m for m in args.modes.split(",") if m)
+    try:
+        check_options(args.batch_size, args.repeats, args.warmup, modes, args.input_size)
+        for n in [*names, *([args.baseline] if args.baseline else [])]:
+            backbones.model_card(n)  # an unknown name is named with close matches
+    except (TypeError, ValueError) as e:
+        ap.error(str(e))
+    except KeyError as e:
+        ap.error(e.args[0])
     options = dict(args.option)
     print(
         f"# machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "

@@ -419,6 +419,7 @@ class NASNet(Backbone):
         """Logits; ``(logits, aux_logits)`` in training mode with ``aux_head=True``; the levels dict when
         ``features_only``."""
         if self.features_only:
+            self.check_input_size(x)
             return self.forward_levels(x)
         aux = self.training and hasattr(self, "aux_head")
         last, _, aux_in = self._run(x, (), final=True, aux=aux)
