@@ -32,6 +32,7 @@ from training.lock import run_dir_lock
 from training.optim import Solver, configure_optimizers
 from training.resumable import ResumableTrainData
 from training.schema import ConfigError, key, parse, prefixed, schema_keys
+from training.signals import worker_init
 from training.trainer import (
     NoImagesError,
     build_trainer,
@@ -414,6 +415,9 @@ class ClassificationDataModule(ResumableTrainData, L.LightningDataModule):
             "persistent_workers": self.num_workers > 0,
             "pin_memory": torch.cuda.is_available(),
             "collate_fn": collate_skip_bad,
+            "worker_init_fn": worker_init(self.trainer.global_rank if self.trainer else 0)
+            if self.num_workers
+            else None,
         }
 
     def train_dataloader(self) -> DataLoader:

@@ -26,6 +26,7 @@ from training.lock import run_dir_lock
 from training.optim import Solver, configure_optimizers
 from training.resumable import ResumableTrainData
 from training.schema import ConfigError, check_field, key, parse, prefixed, schema_keys
+from training.signals import worker_init
 from training.trainer import (
     NoImagesError,
     NonFiniteLossError,
@@ -207,7 +208,9 @@ class DetectionDataModule(ResumableTrainData, L.LightningDataModule):
         from .data import collate
 
         workers = int(self.cfg.get("workers", 2))
-        return loader(dataset, num_workers=workers, collate_fn=collate, persistent_workers=workers > 0, **kw)
+        init = worker_init(self._rank()[0]) if workers > 0 else None
+        return loader(dataset, num_workers=workers, collate_fn=collate, persistent_workers=workers > 0,
+                      worker_init_fn=init, **kw)  # fmt: skip
 
     def train_dataloader(self) -> torch.utils.data.DataLoader:
         from torch.utils.data.distributed import DistributedSampler

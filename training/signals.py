@@ -16,16 +16,26 @@ both signals over while the Trainer runs:
   ``last.ckpt`` stays the complete previous one: every write is atomic).
 
 Outside ``Trainer.fit`` / ``validate`` (building data and model) the default actions stay: nothing is trained there.
+Loader worker processes ignore both signals (:func:`worker_init`): a scheduler or a Ctrl-C signals the whole
+process group, and a worker ended by it would make torch raise in the main process before it could save. The main
+process stops its workers as torch always does; workers still running when it exits (a persistent loader's) are
+ended by :func:`_end_loader_workers` instead of multiprocessing's SIGTERM, which they ignore.
 SLURM's requeue signal (``SIGUSR1``, Lightning's ``SLURMEnvironment`` with auto-requeue) keeps Lightning's handler:
 it saves ``hpc_ckpt_<n>.ckpt`` and requeues the job.
 """
 
 from __future__ import annotations
 
+import atexit
+import contextlib
+import functools
 import logging
+import multiprocessing
+import multiprocessing.util  # registers its exit handler now, so that ours (registered below) runs first
 import os
 import signal
 import threading
+from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
@@ -132,3 +142,31 @@ class StopOnSignal(Callback):
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.state.fn == "fit":  # after the sanity check nothing is trained yet: nothing new to save
             self._stop(trainer, save=not trainer.sanity_checking)
+
+
+def _init_worker(worker_id: int, rank: int) -> None:
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+    if int(os.environ.get("PL_SEED_WORKERS", 0)):  # what Lightning adds when a loader has no worker_init_fn
+        from lightning.fabric.utilities.seed import pl_worker_init_function
+
+        pl_worker_init_function(worker_id, rank=rank)
+
+
+def worker_init(rank: int) -> Callable[[int], None]:
+    """The ``worker_init_fn`` of every loader with workers: they ignore SIGTERM and SIGINT (the main process stops
+    them when it has saved; it ends them if it dies), and are seeded as Lightning seeds workers
+    (``seed_everything(workers=True)``)."""
+    return functools.partial(_init_worker, rank=rank)
+
+
+@atexit.register
+def _end_loader_workers() -> None:
+    """At exit, SIGKILL this process's daemonic children that still run: loader workers of a persistent loader.
+    multiprocessing's own exit handler ends daemonic children with SIGTERM, which our workers ignore, and then
+    waits for them forever; this handler runs before it (registered after it) and ends them as it would have."""
+    for child in multiprocessing.active_children():
+        if child.daemon and child.pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child.pid, signal.SIGKILL)
+            child.join(timeout=5)
