@@ -255,5 +255,5 @@ def check_checkpoint(
         fix = "use the dataset it was trained on (the classifier sizes differ)"
     else:
         fix = f"set {k}={meta[k]} to use it, or give a checkpoint of {k}={expect[k]}"
-    run = ", ".join(f"{x}={expect[x]}" if x != "task" else f"task {expect[x]}" for x in wrong)
+    run = f"task {expect['task']}" if k == "task" else ", ".join(f"{x}={expect[x]}" for x in wrong)
     raise CheckpointFileError(f"{name} was trained with {_trained(meta)}; this run has {run}: {fix}")

@@ -42,7 +42,7 @@ logger = logging.getLogger(__name__)
 LOCK_NAME = "run.lock"
 #: errors of ``flock`` on a filesystem that does not support it
 _NO_FLOCK = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS, errno.EINVAL}
-#: run dir (resolved) -> [open file or None (exclusive-file mode), depth]
+#: run dir (resolved) -> [open file or None (exclusive-file mode), depth, whether acquire created the dir]
 _HELD: dict[str, list[Any]] = {}
 
 
@@ -158,17 +158,25 @@ def acquire(run_dir: str | os.PathLike) -> bool:
     if key in _HELD:
         _HELD[key][1] += 1
         return False
+    created = not os.path.isdir(key)
     os.makedirs(key, exist_ok=True)
     path = Path(key) / LOCK_NAME
-    f = _flock(key, path)
-    if f is None:
-        _exclusive_file(key, path)
-    _HELD[key] = [f, 1]
+    try:
+        f = _flock(key, path)
+        if f is None:
+            _exclusive_file(key, path)
+    except BaseException:
+        if created:
+            with contextlib.suppress(OSError):
+                os.rmdir(key)
+        raise
+    _HELD[key] = [f, 1, created]
     return True
 
 
 def release(run_dir: str | os.PathLike) -> None:
-    """Give back one hold of ``run_dir``'s lock; the last one deletes the lock file (then unlocks)."""
+    """Give back one hold of ``run_dir``'s lock; the last one deletes the lock file (then unlocks), and the run dir
+    itself if :func:`acquire` created it and nothing else was written there (a run refused after the lock)."""
     key = os.path.realpath(run_dir)
     held = _HELD.get(key)
     if held is None:
@@ -181,6 +189,9 @@ def release(run_dir: str | os.PathLike) -> None:
         os.remove(Path(key) / LOCK_NAME)
     if held[0] is not None:
         held[0].close()
+    if held[2]:
+        with contextlib.suppress(OSError):
+            os.rmdir(key)  # only if empty
 
 
 @contextlib.contextmanager
@@ -208,10 +219,14 @@ def _hydra_callback_base() -> type:
 
 class HydraRunDirLock(_hydra_callback_base()):  # type: ignore[misc]
     """Hydra callback (``hydra.callbacks`` in the task configs): takes the run dir's lock in ``on_run_start``, before
-    Hydra writes ``.hydra/`` and the log file there, and gives it back in ``on_run_end``."""
+    Hydra writes ``.hydra/`` and the log file there, and gives it back in ``on_run_end``. A refusal ends the process
+    with status 1 and the message on stderr (Hydra turns a callback's ``Exception`` into a warning and goes on)."""
 
     def on_run_start(self, config: Any, **kwargs: Any) -> None:
-        acquire(self._run_dir(config))
+        try:
+            acquire(self._run_dir(config))
+        except RunDirInUse as e:
+            raise SystemExit(f"{type(e).__name__}: {e}") from None
 
     def on_run_end(self, config: Any, **kwargs: Any) -> None:
         release(self._run_dir(config))
