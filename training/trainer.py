@@ -293,18 +293,15 @@ def build_trainer(
                 save_top_k=ckpt_cfg.get("save_top_k", 1),
             )
         )
-    cbs += [
-        EpochProgressRepair(),
-        EvaluatedStep(),
-        DataGuard(),
-        StopOnSignal(os.path.join(ckpt_dir, LAST_CHECKPOINT.name)),
-    ]
-    cbs += list(callbacks)
+    cbs += [EpochProgressRepair(), EvaluatedStep(), DataGuard(), *callbacks]
     if loggers:
         cbs.append(LearningRateMonitor(logging_interval="step"))
     progress = bool(cfg.get("progress_bar", True))
     if progress:
         cbs.append(RunProgressBar())
+    # after every other callback (Lightning still moves the checkpoint callbacks behind it), so each sees the batch
+    # a signal stops the run at
+    cbs.append(StopOnSignal(os.path.join(ckpt_dir, LAST_CHECKPOINT.name)))
     args.update(
         default_root_dir=str(out),
         logger=loggers or False,
