@@ -60,29 +60,56 @@ def _fsync_dir(directory: str) -> None:
         os.close(fd)
 
 
+class _RecordingFile:
+    """The open temporary file, recording the ``OSError`` a write raised: torch's zip writer turns a failed write
+    into an unrelated internal message (``[enforce fail at inline_container.cc] ... unexpected pos``), so the cause
+    is kept here."""
+
+    def __init__(self, f: IO[Any]) -> None:
+        self._f = f
+        self.error: OSError | None = None
+
+    def write(self, data: Any) -> int:
+        try:
+            return self._f.write(data)
+        except OSError as e:
+            self.error = self.error or e
+            raise
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._f, name)
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[IO[Any]], None], binary: bool = True) -> None:
     """Write ``path`` atomically: ``write(f)`` fills the temporary file ``f`` (opened ``"wb"``, or ``"w"`` UTF-8 when
     not ``binary``), which then replaces ``path``. Parent folders are created.
 
     Raises:
-        OSError: the write failed (a full disk is named as such); ``path`` is unchanged and the temporary file gone.
-            Whatever ``write`` raises passes through the same way.
+        OSError: the write failed; a full disk (``ENOSPC``, also when the writer hid it, as torch's does) is named
+            with the path and that the previous file is intact. ``path`` is unchanged and the temporary file gone.
+            Whatever ``write`` raises otherwise passes through the same way.
     """
     path = os.fspath(path)
     directory = os.path.dirname(path) or "."
     os.makedirs(directory, exist_ok=True)
     remove_stale_temporaries(path)
     tmp = temporary_path(path)
+    recording: _RecordingFile | None = None
     try:
         with open(tmp, "wb") if binary else open(tmp, "w", encoding="utf-8") as f:
-            write(f)
+            recording = _RecordingFile(f)
+            write(recording)
             f.flush()
             os.fsync(f.fileno())
         move_into_place(tmp, path, sync=False)
-    except OSError as e:
-        if e.errno == errno.ENOSPC:
+    except Exception as e:
+        cause = e if isinstance(e, OSError) else recording.error if recording is not None else None
+        if cause is not None and cause.errno == errno.ENOSPC:
+            previous = "the previous file is intact" if os.path.exists(path) else "there was no previous file"
             raise OSError(
-                e.errno, f"no space left on the device while writing {path!r}; the previous file (if any) is intact"
+                errno.ENOSPC,
+                f"disk full: no space left on the device while writing {path!r}; {previous} (the "
+                f"partial {os.path.basename(tmp)!r} was deleted). Free space there and resume",
             ) from e
         raise
     finally:

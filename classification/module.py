@@ -11,8 +11,11 @@ even when a distributed sampler pads the last batch with repeats.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,28 +26,150 @@ from torch.utils.data import BatchSampler, DataLoader, DistributedSampler
 
 import backbones
 from backbones.atomic import write_json_atomic
-from training.config import backbone_spec, check_keys, check_run_config, plain
+from training.checkpoint import META_KEY, check_checkpoint, inspect_checkpoint
+from training.config import RunKeys, backbone_config, backbone_spec, check_run_config, plain
+from training.lock import run_dir_lock
 from training.optim import Solver, configure_optimizers
 from training.resumable import ResumableTrainData
-from training.trainer import build_trainer, check_finite_loss, fit
+from training.schema import ConfigError, key, parse, prefixed, schema_keys
+from training.signals import worker_init
+from training.trainer import (
+    NoImagesError,
+    build_trainer,
+    check_finite_loss,
+    check_resume,
+    count_batch,
+    empty_batch_loss,
+    fit,
+)
 
-from .data import CLASSIFICATION_DATASETS, ClassificationData, build_datasets, collate_skip_bad
+from .data import (
+    BAD_IMAGE_POLICIES,
+    CLASSIFICATION_DATASETS,
+    ClassificationData,
+    build_datasets,
+    collate_skip_bad,
+    eval_transform,
+    train_transform,
+)
 from .recipes import ModelEma, classification_loss, update_drop_path
 
 logger = logging.getLogger(__name__)
 
-#: keys of a ``conf/recipe/*.yaml`` (the loss and regularisation of a paper's recipe; its solver is conf/solver)
-RECIPE_KEYS = ("name", "source", "label_smoothing", "aux_weight", "ema_decay", "ema_warmup", "cutout", "model")
-#: top-level keys of conf/classify.yaml (its groups included)
-TOP_KEYS = (
-    "backbone", "dataset", "trainer", "recipe", "solver", "task", "seed", "epochs", "pretrained", "eval_only",
-    "checkpoint", "resume", "eval_raw", "cpu_threads",
-)  # fmt: skip
+
+# ---- the config's schemas (training.schema), checked before any work ----------------------------------------------
+@dataclass(frozen=True)
+class ClassificationRun(RunKeys):
+    """The top-level keys of ``conf/classify.yaml`` (its groups have schemas of their own)."""
+
+    epochs: int | None = key(None, ge=1, doc="null: trainer.max_epochs, else the dataset's epochs, else solver.epochs")
+    pretrained: bool | str | None = None
+    eval_raw: bool = False
+    cpu_threads: int | None = key(1, ge=1, doc="torch threads of a CPU run; null = torch's choice")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.eval_only and not self.checkpoint and not self.pretrained:
+            raise ConfigError(
+                "eval_only=true with neither checkpoint nor pretrained would evaluate random weights: set "
+                "checkpoint=<a training checkpoint .ckpt> or pretrained=<a weights file or a published source>"
+            )
+        if self.checkpoint and not self.eval_only:
+            raise ConfigError(
+                f"checkpoint={self.checkpoint!r} is read by eval_only=true only: to continue that training run use "
+                f"resume={self.checkpoint}, to start a new one from its weights pretrained=<a state dict file>"
+            )
 
 
-def check_recipe(recipe: Any) -> None:
-    """Unknown ``recipe`` keys are named, with close matches."""
-    check_keys(plain(recipe), RECIPE_KEYS, "recipe")
+@dataclass(frozen=True)
+class Recipe:
+    """A ``conf/recipe/*.yaml``: the loss and regularisation of a paper's recipe (its solver is ``conf/solver``)."""
+
+    name: str = "custom"
+    source: str | None = ""
+    label_smoothing: float = key(0.0, ge=0, lt=1)
+    aux_weight: float = key(0.0, ge=0, doc="weight of the auxiliary head's loss")
+    ema_decay: float | None = key(None, ge=0, lt=1, doc="weight EMA; null or 0 = none")
+    ema_warmup: bool = True
+    cutout: int | None = key(0, ge=0, doc="side of the cutout square; 0 = none")
+    model: dict | None = None
+
+
+_MEAN_STD = {"valid": "three numbers, one per RGB channel", "doc": "null = backbone.mean / backbone.std"}
+
+
+@dataclass(frozen=True)
+class _ClassificationDataset:
+    task: str
+    name: str
+    image_size: int | None = key(None, ge=1)
+    mean: tuple[float, float, float] | None = key(None, **_MEAN_STD)
+    std: tuple[float, float, float] | None = key(None, gt=0, **_MEAN_STD)
+    batch_size: int = key(64, ge=1, doc="images per device")
+    val_batch_size: int | None = key(None, ge=1, doc="null = batch_size")
+    num_workers: int = key(0, ge=0, doc="loader processes; 0 = in the main process")
+    epochs: int | None = key(None, ge=1, doc="this dataset's run length; null = the solver's")
+
+
+@dataclass(frozen=True)
+class DigitsDataset(_ClassificationDataset):
+    """``dataset=digits``. ``image_size`` (>= 8) and ``val_fraction`` are checked by the data layer when it builds
+    the set (under the keys' full names), the first work of a run (well under a second)."""
+
+    val_fraction: float = 0.2
+    split_seed: int = key(0, ge=0)
+    shift: int = key(2, ge=0, doc="random translation in pixels")
+
+
+@dataclass(frozen=True)
+class ImageFolderDataset(_ClassificationDataset):
+    """``dataset=imagefolder``. ``crop_pct`` and ``interpolation`` are the data layer's checks (its transforms),
+    run here under the keys' full names."""
+
+    root: str | None = None
+    train_dir: str = "train"
+    val_dir: str = "val"
+    crop_pct: float | None = None
+    scale: tuple[float, float] = key(
+        (0.08, 1.0), gt=0, le=1, check=lambda s: s[0] <= s[1], valid="[min, max] area fractions in (0, 1]"
+    )
+    hflip: float = key(0.5, ge=0, le=1, doc="flip probability")
+    interpolation: str = "bilinear"
+    bad_images: str = key("fail", choices=BAD_IMAGE_POLICIES)
+
+    def __post_init__(self) -> None:
+        if self.root in (None, "", "???"):
+            raise ConfigError(
+                "dataset.root is not set: dataset=imagefolder needs dataset.root=<folder with train/, val/>"
+            )
+        with prefixed("dataset"):
+            train_transform(8, (0, 0, 0), (1, 1, 1), self.scale, self.hflip, self.interpolation)
+            if self.crop_pct is not None:
+                eval_transform(8, (0, 0, 0), (1, 1, 1), self.crop_pct, self.interpolation)
+
+
+DATASET_SCHEMAS = {"digits": DigitsDataset, "imagefolder": ImageFolderDataset}
+
+
+def check_dataset(dataset_cfg: Mapping[str, Any]) -> _ClassificationDataset:
+    """The ``dataset`` group as its checked schema."""
+    cfg = plain(dataset_cfg)
+    if cfg.get("name") not in DATASET_SCHEMAS:
+        raise ConfigError(
+            f"dataset.name={cfg.get('name')!r} is not valid; classification runs take "
+            f"dataset={' or dataset='.join(CLASSIFICATION_DATASETS)}"
+        )
+    return parse(DATASET_SCHEMAS[cfg["name"]], cfg, "dataset")
+
+
+#: keys of a ``conf/recipe/*.yaml`` and top-level keys of conf/classify.yaml (its groups included)
+RECIPE_KEYS = schema_keys(Recipe)
+TOP_KEYS = ("backbone", "dataset", "trainer", "recipe", "solver", *schema_keys(ClassificationRun))
+
+
+def check_recipe(recipe: Any) -> Recipe:
+    """The ``recipe`` group as a checked :class:`Recipe`."""
+    return parse(Recipe, plain(recipe), "recipe")
 
 
 class ClassificationModule(L.LightningModule):
@@ -60,7 +185,14 @@ class ClassificationModule(L.LightningModule):
         channels_last: the model's parameters stored channels-last (``create_model(channels_last=...)``).
         compile: wrap the training forward in ``torch.compile`` (the state dict keeps its plain names).
         eval_raw: when EMA is on, also report the raw weights' accuracy as ``val/top1_raw`` / ``val/top5_raw``.
+
+    The input normalisation is the data's (``dataset.mean`` / ``dataset.std``, else ``backbone.mean`` /
+    ``backbone.std``: :func:`run` builds the data with them).
     """
+
+    #: the config keys the runtime names in its messages: plain weights, and the skip policy of unusable images
+    weights_key = "pretrained"
+    skip_setting = "dataset.bad_images"
 
     def __init__(
         self,
@@ -90,6 +222,7 @@ class ClassificationModule(L.LightningModule):
         self.eval_raw = eval_raw
         self.total_steps = 1
         self._val: dict[str, list[Tensor]] = {}
+        self._val_skipped = 0
 
     # ---- optimisation ----------------------------------------------------------------------------------------------
     def configure_optimizers(self):
@@ -104,10 +237,11 @@ class ClassificationModule(L.LightningModule):
     # ---- training --------------------------------------------------------------------------------------------------
     def training_step(self, batch, batch_idx: int) -> Tensor | None:
         x, y, _, skipped = batch
+        count_batch(self, len(y), skipped)
         if skipped:
             self.log("train/skipped_images", float(skipped), reduce_fx="sum", on_step=False, on_epoch=True)
         if len(y) == 0:
-            return None
+            return empty_batch_loss(self)
         progress = update_drop_path(self.model, self.global_step, self.total_steps)
         out = self._train_forward(x)
         loss, parts = classification_loss(
@@ -133,6 +267,7 @@ class ClassificationModule(L.LightningModule):
 
     def on_validation_epoch_start(self) -> None:
         self._val = {"index": [], "top1": [], "top5": [], "top1_raw": [], "top5_raw": []}
+        self._val_skipped = 0
 
     @staticmethod
     def _hits(logits: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
@@ -143,7 +278,8 @@ class ClassificationModule(L.LightningModule):
         return top[:, 0].eq(y), top.eq(y[:, None]).any(1)
 
     def validation_step(self, batch, batch_idx: int) -> None:
-        x, y, index, _ = batch
+        x, y, index, skipped = batch
+        self._val_skipped += int(skipped)
         if len(y) == 0:
             return
         t1, t5 = self._hits(self.eval_model()(x), y)
@@ -174,14 +310,35 @@ class ClassificationModule(L.LightningModule):
         keep = first_occurrence(index)  # one result per val image: a distributed sampler pads with repeats
         metrics: dict[str, float] = {}
         keys = ["top1", "top5"] + (["top1_raw", "top5_raw"] if self.ema is not None and self.eval_raw else [])
-        for key in keys:  # the same keys on every rank (collectives), even one that saw no batch
-            hits = self._gather(torch.cat(self._val[key]).to(dev, torch.long) if self._val[key] else empty)[keep]
-            metrics[key] = 100.0 * hits.float().mean().item() if len(hits) else 0.0
+        for name in keys:  # the same keys on every rank (collectives), even one that saw no batch
+            hits = self._gather(torch.cat(self._val[name]).to(dev, torch.long) if self._val[name] else empty)[keep]
+            metrics[name] = 100.0 * hits.float().mean().item() if len(hits) else 0.0
         metrics["images"] = float(len(keep))
-        for key, v in metrics.items():
-            self.log(f"val/{key}", v, prog_bar=key == "top1", rank_zero_only=False, sync_dist=False)
+        if not len(keep):
+            skipped = torch.tensor(self._val_skipped, device=dev)
+            skipped = (
+                int(self.trainer.strategy.reduce(skipped, reduce_op="sum"))
+                if self.trainer.world_size > 1
+                else int(skipped)
+            )
+            what = (
+                f"all {skipped} val images were skipped as unusable ({self.skip_setting}=skip; the warnings above "
+                f"name them)"
+                if skipped
+                else f"it covered no val image (trainer.limit_val_batches={self.trainer.limit_val_batches})"
+            )
+            raise NoImagesError(f"validation saw no image: {what}; metrics over no image would mean nothing")
+        for name, v in metrics.items():
+            self.log(f"val/{name}", v, prog_bar=name == "top1", rank_zero_only=False, sync_dist=False)
 
     # ---- checkpoints -----------------------------------------------------------------------------------------------
+    def checkpoint_meta(self) -> dict[str, Any]:
+        """What this run trains, written into each checkpoint and compared on resume."""
+        return {"task": "classification", "backbone": self.hparams.model_name, "num_classes": self.hparams.num_classes}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[META_KEY] = self.checkpoint_meta()
+
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         keys = checkpoint.get("state_dict", {})
         trained = (checkpoint.get("hyper_parameters") or {}).get("model_name")
@@ -258,6 +415,9 @@ class ClassificationDataModule(ResumableTrainData, L.LightningDataModule):
             "persistent_workers": self.num_workers > 0,
             "pin_memory": torch.cuda.is_available(),
             "collate_fn": collate_skip_bad,
+            "worker_init_fn": worker_init(self.trainer.global_rank if self.trainer else 0)
+            if self.num_workers
+            else None,
         }
 
     def train_dataloader(self) -> DataLoader:
@@ -271,34 +431,72 @@ class ClassificationDataModule(ResumableTrainData, L.LightningDataModule):
 
 
 # ---- the run ---------------------------------------------------------------------------------------------------------
+def check_config(cfg: Mapping[str, Any]) -> ClassificationRun:
+    """Every check of a classification config that needs no data or model (before any work is spent): each group's
+    schema, and what the file given to ``checkpoint=`` is. Returns the top-level keys."""
+    groups = {"dataset": check_dataset, "recipe": check_recipe}
+    run = check_run_config(cfg, "classification", ClassificationRun, CLASSIFICATION_DATASETS, groups)
+    if run.checkpoint:
+        info = inspect_checkpoint(os.path.expanduser(run.checkpoint), "checkpoint")
+        check_checkpoint(info, "checkpoint", _expected(cfg), training=True, weights_key="pretrained")
+    return run
+
+
+def _expected(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    return {"task": "classification", "backbone": backbone_config(cfg["backbone"]).name}
+
+
+def _normalization(cfg: Mapping[str, Any], card: backbones.ModelCard) -> backbones.ModelCard:
+    """The card the data is built with: its mean/std replaced by ``backbone.mean`` / ``backbone.std`` (the data uses
+    ``dataset.mean`` / ``dataset.std`` first; both set to other values than the card's is refused)."""
+    mean, std = backbone_config(cfg["backbone"]).normalization()
+    for name, value, card_value in (("mean", mean, card.mean), ("std", std, card.std)):
+        given = cfg["dataset"].get(name)
+        if given is not None and tuple(value) != tuple(card_value) and tuple(given) != tuple(value):
+            raise ConfigError(
+                f"backbone.{name}={list(value)} and dataset.{name}={list(given)} are both set: give the input "
+                f"normalisation once (dataset.{name} wins over backbone.{name} otherwise)"
+            )
+    return dataclasses.replace(card, mean=tuple(mean), std=tuple(std))
+
+
 def run(cfg: Any, output_dir: str | os.PathLike, **trainer_overrides: Any) -> dict[str, float]:
     """Train (or, with ``eval_only``, evaluate) as the composed ``conf/classify.yaml`` says; returns val metrics.
 
-    ``trainer_overrides`` go to ``build_trainer`` (tests pass e.g. ``logger=False`` or ``callbacks``).
+    The whole config is checked first (:func:`check_config`), then the run dir is locked (:mod:`training.lock`) and
+    a ``resume`` checkpoint checked, before any data is read. ``trainer_overrides`` go to ``build_trainer`` (tests
+    pass e.g. ``logger=False`` or ``callbacks``).
     """
     c = plain(cfg)
-    check_run_config(c, "classification", TOP_KEYS, CLASSIFICATION_DATASETS, {"recipe": check_recipe})
+    run_keys = check_config(c)
+    output_dir = os.fspath(output_dir)
+    with run_dir_lock(output_dir):
+        if not run_keys.eval_only:
+            check_resume(run_keys.resume, output_dir, _expected(c), ClassificationModule.weights_key)
+        return _run(c, run_keys, output_dir, trainer_overrides)
+
+
+def _run(c: dict[str, Any], run_keys: ClassificationRun, output_dir: str, trainer_overrides: dict) -> dict[str, float]:
     recipe, solver = dict(c["recipe"]), dict(c["solver"])
     dataset_cfg = dict(c["dataset"])
     trainer_cfg = dict(c["trainer"])
     name, options = backbone_spec(c["backbone"])
     options.update(recipe.get("model") or {})
-    if c.get("pretrained"):
-        options["pretrained"] = c["pretrained"]
-    card = backbones.model_card(name)
-    threads = c.get("cpu_threads")
-    if threads and trainer_cfg.get("accelerator") == "cpu":
-        torch.set_num_threads(int(threads))
-    L.seed_everything(int(c.get("seed", 0)), workers=True, verbose=False)
+    if run_keys.pretrained:
+        options["pretrained"] = run_keys.pretrained
+    card = _normalization(c, backbones.model_card(name))
+    if run_keys.cpu_threads and trainer_cfg.get("accelerator") == "cpu":
+        torch.set_num_threads(run_keys.cpu_threads)
+    L.seed_everything(run_keys.seed, workers=True, verbose=False)
 
     if solver.get("name") == "sgd_digits" and dataset_cfg.get("name") != "digits":
         logger.warning(
             "solver=sgd_digits is the short CPU demo solver; for ImageNet-scale data use the papers' "
             "recipes (recipe=sgd_imagenet, rmsprop_mobilenet, nasnet_imagenet, nasnet_cifar)"
         )
-    seed = int(c.get("seed", 0))
-    dm = ClassificationDataModule(dataset_cfg, card, cutout=int(recipe.get("cutout") or 0), seed=seed)
-    data = dm.data  # fails early, with a clear message, on a bad dataset
+    dm = ClassificationDataModule(dataset_cfg, card, cutout=int(recipe.get("cutout") or 0), seed=run_keys.seed)
+    with prefixed("dataset"):  # the data layer's messages under the config's key names
+        data = dm.data  # fails early, with a clear message, on a bad dataset
     if "input_size" in backbones.builder_options(name) and "input_size" not in options:
         options["input_size"] = data.image_size  # design resolution (sizes e.g. NASNet's aux head) = training one
     module = ClassificationModule(
@@ -309,21 +507,25 @@ def run(cfg: Any, output_dir: str | os.PathLike, **trainer_overrides: Any) -> di
         solver,
         channels_last=bool(trainer_cfg.get("channels_last", True)),
         compile=bool(trainer_cfg.get("compile", False)),
-        eval_raw=bool(c.get("eval_raw", False)),
+        eval_raw=run_keys.eval_raw,
     )
     # run length: `epochs`, else trainer.max_epochs, else the dataset's (digits: short), else the solver's (paper's)
-    epochs = c.get("epochs") or trainer_cfg.get("max_epochs") or dataset_cfg.get("epochs") or solver.get("epochs")
-    overrides: dict[str, Any] = {"max_epochs": int(epochs), "use_distributed_sampler": False}  # the loaders shard
+    lengths = (run_keys.epochs, trainer_cfg.get("max_epochs"), dataset_cfg.get("epochs"), solver.get("epochs"))
+    epochs = next((e for e in lengths if e is not None), None)
+    if epochs is None and trainer_cfg.get("max_steps", -1) == -1:
+        raise ConfigError("no run length: set epochs=<N> (or trainer.max_epochs, dataset.epochs, solver.epochs)")
+    overrides: dict[str, Any] = {"max_epochs": -1 if epochs is None else epochs, "use_distributed_sampler": False}
     overrides.update(trainer_overrides)
     trainer = build_trainer(trainer_cfg, output_dir, monitor="val/top1", mode="max", **overrides)
 
-    if c.get("eval_only"):
-        ckpt = c.get("checkpoint")
-        if ckpt and not os.path.isfile(os.path.expanduser(str(ckpt))):
-            raise FileNotFoundError(f"checkpoint {ckpt!r} does not exist")
-        trainer.validate(module, datamodule=dm, ckpt_path=ckpt or None, weights_only=True, verbose=False)
+    if run_keys.eval_only:
+        ckpt = os.path.expanduser(run_keys.checkpoint) if run_keys.checkpoint else None
+        if ckpt:  # now with the class count of this run's data
+            info = inspect_checkpoint(ckpt, "checkpoint")
+            check_checkpoint(info, "checkpoint", module.checkpoint_meta(), training=True, weights_key="pretrained")
+        trainer.validate(module, datamodule=dm, ckpt_path=ckpt, weights_only=True, verbose=False)
     else:
-        fit(trainer, module, dm, c.get("resume", False), output_dir)
+        fit(trainer, module, dm, run_keys.resume, output_dir)
     metrics = {k.removeprefix("val/"): float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
     metrics["epochs_done"] = float(trainer.current_epoch)
     metrics["global_step"] = float(trainer.global_step)

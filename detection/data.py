@@ -213,6 +213,16 @@ def decode_checked(path: str | os.PathLike, info: dict[str, Any], ann_file: str)
     return image
 
 
+def check_options(on_bad_image: str = "skip", min_box_size: float = 1.0, probe_images: int = 16) -> None:
+    """The checks of :class:`CocoDetection`'s options, before it reads anything (also run on a run's config)."""
+    if on_bad_image not in BAD_IMAGE_POLICIES:
+        raise ValueError(f"on_bad_image={on_bad_image!r} is not valid; choose one of {', '.join(BAD_IMAGE_POLICIES)}")
+    check("min_box_size", min_box_size, _positive(min_box_size),
+          "use a side > 0 in pixels: narrower or lower boxes are dropped (the detectors need boxes of positive "
+          "width and height)")  # fmt: skip
+    check_int("probe_images", probe_images, 0, meaning="images decoded at construction; 0 = none")
+
+
 class CocoDetection(Dataset):
     """Images of a COCO-format annotation file with their boxes (xyxy, absolute pixels) and contiguous labels.
 
@@ -243,14 +253,7 @@ class CocoDetection(Dataset):
         min_box_size: float = 1.0,
         probe_images: int = 16,
     ) -> None:
-        if on_bad_image not in BAD_IMAGE_POLICIES:
-            raise ValueError(
-                f"on_bad_image={on_bad_image!r} is not valid; choose one of {', '.join(BAD_IMAGE_POLICIES)}"
-            )
-        check("min_box_size", min_box_size, _positive(min_box_size),
-              "use a side > 0 in pixels: narrower or lower boxes are dropped (the detectors need boxes of positive "
-              "width and height)")  # fmt: skip
-        check_int("probe_images", probe_images, 0, meaning="images decoded at construction; 0 = none")
+        check_options(on_bad_image, min_box_size, probe_images)
         self.image_dir = Path(image_dir)
         if not self.image_dir.is_dir():
             raise FileNotFoundError(f"image folder {os.fspath(self.image_dir)!r} does not exist")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +19,24 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from torch.utils.data import DataLoader
 
-from backbones.checks import check_choice
-from training.config import backbone_spec, check_keys, check_run_config, plain
+from detection.synthetic import ShapesSpec
+from training.checkpoint import META_KEY, check_checkpoint, inspect_checkpoint
+from training.config import RunKeys, backbone_config, backbone_spec, check_run_config, plain
+from training.lock import run_dir_lock
 from training.optim import Solver, configure_optimizers
 from training.resumable import ResumableTrainData
-from training.trainer import NonFiniteLossError, build_trainer, check_finite_loss, fit
+from training.schema import ConfigError, check_field, key, parse, prefixed, schema_keys
+from training.signals import worker_init
+from training.trainer import (
+    NoImagesError,
+    NonFiniteLossError,
+    build_trainer,
+    check_finite_loss,
+    check_resume,
+    count_batch,
+    empty_batch_loss,
+    fit,
+)
 
 from .evaluation import BACKENDS
 
@@ -30,22 +44,90 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["DATASET_KEYS", "TOP_KEYS", "DetectionDataModule", "DetectionModule", "NonFiniteLossError", "run"]
 
-#: top-level keys of conf/detect.yaml (its groups included)
-TOP_KEYS = (
-    "backbone", "detector", "solver", "trainer", "dataset", "task", "seed", "eval_only", "checkpoint", "resume",
-    "eval_backend",
-)  # fmt: skip
 #: examples of detection datasets named in the message for a wrong one
 DATASETS = ("shapes", "coco")
 
+
+# ---- the config's schemas (training.schema), checked before any work ----------------------------------------------
+@dataclass(frozen=True)
+class DetectionRun(RunKeys):
+    """The top-level keys of ``conf/detect.yaml`` (its groups have schemas of their own)."""
+
+    eval_backend: str = key("pycocotools", choices=BACKENDS)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.eval_only and not self.checkpoint:
+            raise ConfigError("eval_only=true needs checkpoint=<detector weights or a training checkpoint>")
+
+
+@dataclass(frozen=True)
+class DetectionDataset:
+    """A detection ``dataset`` group (``conf/dataset/{shapes,coco}.yaml``). The ranges of ``min_size``,
+    ``max_size``, ``hflip``, ``on_bad_image`` and ``min_box_size`` are the data layer's own checks
+    (``detection.data.build_transforms``, ``detection.data.check_options``), run here under the keys' full names."""
+
+    name: str
+    task: str
+    root: str | None = None
+    train_images: str | None = None
+    train_ann: str | None = None
+    val_images: str | None = None
+    val_ann: str | None = None
+    min_size: int | None = None
+    max_size: int | None = None
+    batch_size: int = key(2, ge=1, doc="images per device")
+    eval_batch_size: int | None = key(None, ge=1, doc="images per device; null = batch_size")
+    workers: int = key(2, ge=0, doc="loader processes; 0 = in the main process")
+    hflip: float = 0.5
+    aspect_ratio_group_factor: int = key(3, ge=0, doc="0 = one aspect-ratio group")
+    on_bad_image: str = "skip"
+    min_box_size: float = 1.0
+    generate: ShapesSpec | None = None
+
+    def __post_init__(self) -> None:
+        from .data import build_transforms, check_options
+
+        with prefixed("dataset"):
+            build_transforms(True, self.min_size, self.max_size, self.hflip)
+            check_options(self.on_bad_image, self.min_box_size)
+
+
+#: top-level keys of conf/detect.yaml (its groups included) and keys of a detection dataset group
+TOP_KEYS = ("backbone", "detector", "solver", "trainer", "dataset", *schema_keys(DetectionRun))
+DATASET_KEYS = schema_keys(DetectionDataset)
+
+
+def _option_type(default: Any) -> Any:
+    """The schema type of a detector option, from its default in ``DETECTORS``: a list of ints stays one of ints."""
+    if isinstance(default, list):
+        return list[_option_type(default[0])] if default else list
+    return float if isinstance(default, float) else type(default)
+
+
+def check_detector(detector_cfg: Mapping[str, Any] | str) -> dict[str, Any]:
+    """The ``detector`` group: the detector's name, keys and levels (``detection.models.resolve_config``), then every
+    option's type, derived from its default in ``DETECTORS``, and range: ``*_thresh`` in [0, 1], ``min_ratio`` /
+    ``max_ratio`` in (0, 1], ``sampling_ratio`` >= 0 (0: adaptive), every other number (list items too) > 0."""
+    from .models import DETECTORS, resolve_config
+
+    resolved = resolve_config(detector_cfg)
+    defaults = DETECTORS[resolved["name"]]
+    for name, value in plain(detector_cfg if isinstance(detector_cfg, Mapping) else {}).items():
+        if name == "name":
+            continue
+        rule = {"ge": 0, "le": 1} if name.endswith("_thresh") else {"gt": 0, "le": 1} if name.endswith("_ratio") else {}
+        rule = {"ge": 0} if name == "sampling_ratio" else rule or {"gt": 0}
+        resolved[name] = check_field(f"detector.{name}", value, _option_type(defaults[name]), key(**rule).metadata)
+    return resolved
+
+
+def check_dataset(dataset_cfg: Mapping[str, Any]) -> DetectionDataset:
+    """The ``dataset`` group as a checked :class:`DetectionDataset`."""
+    return parse(DetectionDataset, plain(dataset_cfg), "dataset")
+
+
 # ---- data ------------------------------------------------------------------------------------------------------------
-DATASET_KEYS = (
-    "name", "task", "root", "train_images", "train_ann", "val_images", "val_ann", "min_size", "max_size",
-    "batch_size", "eval_batch_size", "workers", "hflip", "aspect_ratio_group_factor", "on_bad_image",
-    "min_box_size", "generate",
-)  # fmt: skip
-
-
 class DetectionDataModule(ResumableTrainData, L.LightningDataModule):
     """Train / val COCO-format datasets from a ``dataset`` config group; shards them across ranks itself.
 
@@ -56,7 +138,7 @@ class DetectionDataModule(ResumableTrainData, L.LightningDataModule):
     def __init__(self, dataset_cfg: Mapping[str, Any], seed: int = 0) -> None:
         super().__init__()
         self.cfg = plain(dataset_cfg)
-        check_keys(self.cfg, DATASET_KEYS, "dataset")
+        check_dataset(self.cfg)
         self.seed = seed
         self.train_set: Any = None
         self.val_set: Any = None
@@ -126,7 +208,9 @@ class DetectionDataModule(ResumableTrainData, L.LightningDataModule):
         from .data import collate
 
         workers = int(self.cfg.get("workers", 2))
-        return loader(dataset, num_workers=workers, collate_fn=collate, persistent_workers=workers > 0, **kw)
+        init = worker_init(self._rank()[0]) if workers > 0 else None
+        return loader(dataset, num_workers=workers, collate_fn=collate, persistent_workers=workers > 0,
+                      worker_init_fn=init, **kw)  # fmt: skip
 
     def train_dataloader(self) -> torch.utils.data.DataLoader:
         from torch.utils.data.distributed import DistributedSampler
@@ -156,7 +240,14 @@ class DetectionModule(L.LightningModule):
         cfg: the composed config (``backbone``, ``detector``, ``solver``, ``trainer`` groups; plain dict).
         num_classes: object classes of the dataset.
         output_dir: where evaluation results are written (rank 0).
+
+    The input normalisation is ``backbone.mean`` / ``backbone.std`` (the card's values unless overridden), set as
+    torchvision's ``transform.image_mean`` / ``image_std``.
     """
+
+    #: the config keys the runtime names in its messages: plain weights, and the skip policy of unusable images
+    weights_key = "checkpoint"
+    skip_setting = "dataset.on_bad_image"
 
     def __init__(self, cfg: Mapping[str, Any], num_classes: int, output_dir: str | None = None) -> None:
         super().__init__()
@@ -170,6 +261,10 @@ class DetectionModule(L.LightningModule):
         trainer_cfg = cfg.get("trainer", {})
         options["channels_last"] = bool(trainer_cfg.get("channels_last", True))  # the backbone's layout
         self.model = build_detector(name, cfg["detector"], num_classes, **options)
+        mean, std = backbone_config(cfg["backbone"]).normalization()
+        self.model.transform.image_mean, self.model.transform.image_std = list(mean), list(std)
+        self.meta = {"task": "detection", "backbone": name, "detector": cfg["detector"]["name"],
+                     "num_classes": num_classes}  # fmt: skip
         if trainer_cfg.get("compile"):
             self.model.backbone.body.compile(dynamic=True)
         self.output_dir = output_dir
@@ -183,10 +278,11 @@ class DetectionModule(L.LightningModule):
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor | None:
         images, targets, skipped = batch
+        count_batch(self, len(images), len(skipped))
         if skipped:
             self.log("train/skipped_images", float(len(skipped)), on_step=False, on_epoch=True, reduce_fx="sum")
         if not images:
-            return None
+            return empty_batch_loss(self)
         targets = [{"boxes": t["boxes"], "labels": t["labels"]} for t in targets]
         losses = self.model(images, targets)
         loss = sum(losses.values())
@@ -223,9 +319,14 @@ class DetectionModule(L.LightningModule):
         from .evaluation import evaluate_results
 
         results, image_ids = self.evaluator.gather()
-        if not image_ids:
-            logger.warning("validation saw no images (trainer.limit_val_batches=0?); nothing to evaluate")
-            return
+        if not self.evaluator.decoded:
+            what = (
+                f"all {len(image_ids)} val images it covered were skipped as unusable ({self.skip_setting}=skip; "
+                f"the warnings above name them)"
+                if image_ids
+                else f"it covered no val image (trainer.limit_val_batches={self.trainer.limit_val_batches})"
+            )
+            raise NoImagesError(f"validation saw no image: {what}; metrics over no image would mean nothing")
         stats = None
         if self.trainer.is_global_zero and not self.trainer.sanity_checking:
             stats = evaluate_results(self.evaluator.ann_file, results, image_ids, self.eval_backend)
@@ -241,47 +342,75 @@ class DetectionModule(L.LightningModule):
             self.log_dict({f"val/{k}": v for k, v in stats.items() if k != "AP50"})
             self.log("val/AP50", stats["AP50"], prog_bar=True)
 
+    # -- checkpoints --
+    def checkpoint_meta(self) -> dict[str, Any]:
+        """What this run trains, written into each checkpoint and compared on resume."""
+        return dict(self.meta)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[META_KEY] = self.checkpoint_meta()
+
     # -- optimisation --
     def configure_optimizers(self) -> dict[str, Any]:
         return configure_optimizers(self, self.model, self.solver, int(self.trainer.datamodule.cfg["batch_size"]))
 
 
 # ---- entry point -----------------------------------------------------------------------------------------------------
-def check_config(cfg: Mapping[str, Any]) -> None:
-    """Every check of a detection config that needs no data or model (before any work is spent)."""
-    from .models import resolve_config
+def check_config(cfg: Mapping[str, Any]) -> DetectionRun:
+    """Every check of a detection config that needs no data or model (before any work is spent): each group's
+    schema, and what the file given to ``checkpoint=`` is (refused unless detector weights or a detection
+    checkpoint of this backbone and detector). Returns the top-level keys."""
+    run = check_run_config(
+        cfg, "detection", DetectionRun, DATASETS, {"dataset": check_dataset, "detector": check_detector}
+    )
+    if run.checkpoint:
+        info = inspect_checkpoint(os.path.expanduser(run.checkpoint), "checkpoint")
+        check_checkpoint(info, "checkpoint", _expected(cfg))
+    return run
 
-    check_run_config(cfg, "detection", TOP_KEYS, DATASETS, {"detector": resolve_config})
-    check_keys(cfg["dataset"], DATASET_KEYS, "dataset")
-    check_choice("eval_backend", cfg.get("eval_backend", "pycocotools"), BACKENDS)
-    if cfg.get("eval_only") and not cfg.get("checkpoint"):
-        raise ValueError("eval_only=true needs checkpoint=<detector weights or a training checkpoint>")
+
+def _expected(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    return {"task": "detection", "backbone": backbone_config(cfg["backbone"]).name, "detector": cfg["detector"]["name"]}
 
 
 def run(cfg: Mapping[str, Any], output_dir: str | os.PathLike, callbacks: Sequence[Callback] = ()) -> dict[str, float]:
     """Train (or with ``eval_only`` evaluate) a detector as the config says; returns the last COCO stats.
 
-    ``callbacks`` are added to the Trainer's (e.g. a recorder in tests).
+    The whole config is checked first (:func:`check_config`), then the run dir is locked (:mod:`training.lock`) and
+    a ``resume`` checkpoint checked, before any data is read. ``callbacks`` are added to the Trainer's (e.g. a
+    recorder in tests).
     """
     cfg = plain(cfg)
-    check_config(cfg)
+    run_keys = check_config(cfg)
+    output_dir = os.fspath(output_dir)
+    with run_dir_lock(output_dir):
+        if not run_keys.eval_only:
+            check_resume(run_keys.resume, output_dir, _expected(cfg), DetectionModule.weights_key)
+        return _run(cfg, run_keys, output_dir, callbacks)
+
+
+def _run(
+    cfg: dict[str, Any], run_keys: DetectionRun, output_dir: str, callbacks: Sequence[Callback]
+) -> dict[str, float]:
     if cfg["solver"].get("name") == "shapes" and cfg["dataset"].get("name") != "shapes":
         logger.warning("solver=shapes is the short CPU recipe of the synthetic set; for real data use solver=coco_1x")
-    output_dir = os.fspath(output_dir)
-    L.seed_everything(int(cfg.get("seed", 0)), workers=True)
+    L.seed_everything(run_keys.seed, workers=True)
     from .models import load_detector_weights
 
-    dm = DetectionDataModule(cfg["dataset"], seed=int(cfg.get("seed", 0)))
-    dm.prepare_data()
-    dm.setup("validate" if cfg.get("eval_only") else "fit")
+    dm = DetectionDataModule(cfg["dataset"], seed=run_keys.seed)
+    with prefixed("dataset"):  # the data layer's messages under the config's key names
+        dm.prepare_data()
+        dm.setup("validate" if run_keys.eval_only else "fit")
     model = DetectionModule(cfg, dm.num_classes, output_dir)
-    if cfg.get("checkpoint"):
-        load_detector_weights(model.model, cfg["checkpoint"], label_to_cat=dm.val_set.label_to_cat)
+    if run_keys.checkpoint:
+        load_detector_weights(
+            model.model, os.path.expanduser(run_keys.checkpoint), label_to_cat=dm.val_set.label_to_cat
+        )
     trainer = build_trainer(
         cfg["trainer"], output_dir, monitor="val/AP", mode="max", callbacks=callbacks, use_distributed_sampler=False
     )
-    if cfg.get("eval_only"):
+    if run_keys.eval_only:
         trainer.validate(model, datamodule=dm)
     else:
-        fit(trainer, model, dm, cfg.get("resume"), output_dir)
+        fit(trainer, model, dm, run_keys.resume, output_dir)
     return model.last_metrics

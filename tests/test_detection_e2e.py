@@ -135,6 +135,6 @@ def test_eval_only_takes_a_torchvision_coco_detector_file(tmp_path):
 
 
 def test_missing_coco_files_are_named(tmp_path):
-    cfg = compose_cfg(["dataset=coco", f"dataset.root={tmp_path / 'coco'}", "eval_only=true", "checkpoint=x.pth"])
+    cfg = compose_cfg(["dataset=coco", f"dataset.root={tmp_path / 'coco'}", "solver=coco_1x"])
     with pytest.raises(FileNotFoundError, match=r"folder .*coco. does not exist; missing dataset.train_images="):
         run(cfg, tmp_path / "run")

@@ -94,11 +94,12 @@ def test_process_start_up_imports_no_torch():
 
 def test_one_atomic_writer():
     """No module writes a text or JSON file, or renames one into place, except backbones/atomic.py (images are PIL's
-    ``save`` and the shapes set is renamed as one folder)."""
+    ``save`` and the shapes set is renamed as one folder) and training/lock.py (a lock file is locked in place: a
+    renamed one would be another file)."""
     writers = {"write_text", "write_bytes", "replace", "dump"}
     found = []
     for path in python_files(*PACKAGES, "tools"):
-        if path == ROOT / "backbones" / "atomic.py":
+        if path in (ROOT / "backbones" / "atomic.py", ROOT / "training" / "lock.py"):
             continue
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in writers:

@@ -47,10 +47,12 @@ def test_bad_config_is_refused_before_any_work(task, overrides, match, tmp_path)
 
 
 def test_check_run_config_runs_the_tasks_own_group_checks():
+    from detection.module import DetectionRun
+
     seen = []
     cfg = plain(compose_cfg())
-    check_run_config(cfg, "detection", list(cfg), groups={"detector": seen.append})
-    assert seen == [cfg["detector"]]
+    run = check_run_config(cfg, "detection", DetectionRun, groups={"detector": seen.append, "dataset": seen.append})
+    assert seen == [cfg["detector"], cfg["dataset"]] and run.seed == 0 and run.eval_backend == "pycocotools"
 
 
 def test_generated_config_files_replace_stale_ones(tmp_path):

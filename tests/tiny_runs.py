@@ -79,12 +79,14 @@ def run_tool(
     return proc
 
 
-def start(cmd: Sequence[str], log: Path, cwd: Path = ROOT, **env: str) -> subprocess.Popen:
-    """``cmd`` as a subprocess (:func:`child_env`), stdout and stderr appended to ``log``."""
+def start(cmd: Sequence[str], log: Path, cwd: Path = ROOT, new_session: bool = False, **env: str) -> subprocess.Popen:
+    """``cmd`` as a subprocess (:func:`child_env`), stdout and stderr appended to ``log``; ``new_session``: in a
+    process group of its own (whose id is its pid), which a test can signal as a scheduler or a Ctrl-C does."""
     log.parent.mkdir(parents=True, exist_ok=True)
     out = open(log, "ab")  # noqa: SIM115 - the child holds it open
     try:
-        return subprocess.Popen(list(cmd), cwd=cwd, stdout=out, stderr=subprocess.STDOUT, env=child_env(**env))
+        return subprocess.Popen(list(cmd), cwd=cwd, stdout=out, stderr=subprocess.STDOUT, env=child_env(**env),
+                                start_new_session=new_session)  # fmt: skip
     finally:
         out.close()
 
@@ -121,10 +123,12 @@ def kill_when(proc: subprocess.Popen, ready: Callable[[], bool], poll: float = 0
             proc.wait()
 
 
-def start_driver(overrides: Sequence[str], run_dir: Path, task: str = "detect", **env: str) -> subprocess.Popen:
+def start_driver(
+    overrides: Sequence[str], run_dir: Path, task: str = "detect", new_session: bool = False, **env: str
+) -> subprocess.Popen:
     """This file as a training subprocess; its output goes to ``<run dir>/driver.log`` (appended)."""
     cmd = [sys.executable, str(Path(__file__).resolve()), task, str(run_dir), *overrides]
-    return start(cmd, run_dir / "driver.log", **env)
+    return start(cmd, run_dir / "driver.log", new_session=new_session, **env)
 
 
 def run_driver(overrides: Sequence[str], run_dir: Path, task: str = "detect", timeout: float = 900, **env: str) -> None:

@@ -19,17 +19,18 @@ chained with ``MultiStepLR``); for a cosine it is timm's default (cosine over th
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from backbones.checks import check, check_choice, check_keys
+from backbones.checks import check
+
+from .schema import ConfigError, key, parse, schema_keys
 
 logger = logging.getLogger(__name__)
 
@@ -50,16 +51,14 @@ SCHEDULES: dict[str, tuple[str, ...]] = {
 }
 
 
-#: solver keys whose null means "the default" (see :class:`Solver`); the others need a value
-NULLABLE = (
-    "source", "epochs", "reference_batch_size", "momentum", "nesterov", "rms_decay", "eps", "betas",
-    "weight_decay_norm_bias", "weight_decay_depthwise", "decay_epochs",
-)  # fmt: skip
+def _increasing(ms: tuple[float, ...]) -> bool:
+    return list(ms) == sorted(ms)
 
 
 @dataclass(frozen=True)
 class Solver:
-    """One ``conf/solver/<name>.yaml``: how a run optimises. Build it with :meth:`from_config`, which checks it.
+    """One ``conf/solver/<name>.yaml``: how a run optimises, a :mod:`training.schema` schema. Build it with
+    :meth:`from_config`, which checks every key's type and range.
 
     Attributes:
         name, source: the file's name and where its numbers come from (informational).
@@ -88,38 +87,51 @@ class Solver:
     """
 
     name: str = "custom"
-    source: str = ""
-    epochs: int | None = None
-    optimizer: str = "sgd"
-    lr: float = 0.1
-    reference_batch_size: int | None = None
-    momentum: float | None = None
+    source: str | None = ""
+    epochs: int | None = key(None, ge=1)
+    optimizer: str = key("sgd", choices=OPTIMIZERS)
+    lr: float = key(0.1, gt=0)
+    reference_batch_size: int | None = key(None, ge=1)
+    momentum: float | None = key(None, ge=0, le=1)
     nesterov: bool | None = None
-    rms_decay: float | None = None
-    eps: float | None = None
-    betas: tuple[float, float] | None = None
-    weight_decay: float = 0.0
-    weight_decay_norm_bias: float | None = None
-    weight_decay_depthwise: float | None = None
-    warmup_steps: int = 0
-    warmup_epochs: float = 0.0
-    warmup_start_factor: float = 0.001
-    schedule: str = "constant"
-    milestones: tuple[float, ...] = field(default_factory=tuple)
-    gamma: float = 0.1
-    decay_epochs: float | None = None
-    min_lr_factor: float = 0.0
+    rms_decay: float | None = key(None, ge=0, le=1)
+    eps: float | None = key(None, gt=0)
+    betas: tuple[float, float] | None = key(None, ge=0, le=1, valid="two numbers in [0, 1], e.g. [0.9, 0.999]")
+    weight_decay: float = key(0.0, ge=0)
+    weight_decay_norm_bias: float | None = key(None, ge=0)
+    weight_decay_depthwise: float | None = key(None, ge=0)
+    warmup_steps: int = key(0, ge=0)
+    warmup_epochs: float = key(0.0, ge=0)
+    warmup_start_factor: float = key(0.001, ge=0, le=1)
+    schedule: str = key("constant", choices=SCHEDULES)
+    milestones: tuple[float, ...] = key(
+        factory=tuple, gt=0, lt=1, check=_increasing, valid="increasing fractions of the run in (0, 1)"
+    )
+    gamma: float = key(0.1, gt=0)
+    decay_epochs: float | None = key(None, gt=0)
+    min_lr_factor: float = key(0.0, ge=0, le=1)
+
+    def __post_init__(self) -> None:
+        if self.warmup_steps and self.warmup_epochs:
+            raise ConfigError(
+                f"solver.warmup_steps={self.warmup_steps} and solver.warmup_epochs={self.warmup_epochs}: give the "
+                f"warm-up in one unit (set the other to 0)"
+            )
+        if self.schedule in ("step", "exponential") and self.decay_epochs is None:
+            raise ConfigError(f"solver.schedule={self.schedule!r} needs solver.decay_epochs (its period in epochs)")
+        if self.schedule == "multistep" and not self.milestones:
+            raise ConfigError("solver.schedule='multistep' needs solver.milestones (fractions of the run, e.g. [0.5])")
 
     @classmethod
     def keys(cls) -> tuple[str, ...]:
-        return tuple(f.name for f in dataclasses.fields(cls))
+        return schema_keys(cls)
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any] | Solver) -> Solver:
         """A checked :class:`Solver` from a ``solver`` group (a mapping; absent keys take the defaults above).
 
         Raises:
-            ValueError: an unknown key (with close matches), a value of the wrong type or range, an unknown
+            ConfigError: an unknown key (with close matches), a value of the wrong type or range, an unknown
                 optimiser or schedule, or a schedule without the keys it needs; the key is named ``solver.<key>``.
         """
         if isinstance(cfg, Solver):
@@ -127,59 +139,8 @@ class Solver:
         from .config import plain
 
         given = plain(cfg)
-        check_keys(given, cls.keys(), "solver")
-        for key, value in given.items():
-            check(f"solver.{key}", value, value is not None or key in NULLABLE, "it has no null (default) value")
+        solver = parse(cls, given, "solver")
         raw = {k: v for k, v in given.items() if v is not None}
-        v = dict(raw)
-        for key in ("name", "source"):
-            if key in v:
-                v[key] = str(v[key])
-        check_choice("solver.optimizer", v.get("optimizer", cls.optimizer), OPTIMIZERS)
-        check_choice("solver.schedule", v.get("schedule", cls.schedule), SCHEDULES)
-        for key, lo, lo_open, hi in (
-            ("lr", 0.0, True, None),
-            ("momentum", 0.0, False, 1.0),
-            ("rms_decay", 0.0, False, 1.0),
-            ("eps", 0.0, True, None),
-            ("weight_decay", 0.0, False, None),
-            ("weight_decay_norm_bias", 0.0, False, None),
-            ("weight_decay_depthwise", 0.0, False, None),
-            ("warmup_epochs", 0.0, False, None),
-            ("warmup_start_factor", 0.0, False, 1.0),
-            ("gamma", 0.0, True, None),
-            ("decay_epochs", 0.0, True, None),
-            ("min_lr_factor", 0.0, False, 1.0),
-        ):
-            if key in v:
-                v[key] = _number(key, v[key], lo, lo_open, hi)
-        for key, lo in (("epochs", 1), ("reference_batch_size", 1), ("warmup_steps", 0)):
-            if key in v:
-                value = v[key]
-                ok = isinstance(value, int) and not isinstance(value, bool) and value >= lo
-                check(f"solver.{key}", value, ok, f"an integer >= {lo}")
-        if "nesterov" in v:
-            check("solver.nesterov", v["nesterov"], isinstance(v["nesterov"], bool), "true or false")
-        if "betas" in v:
-            betas = v["betas"]
-            ok = isinstance(betas, list | tuple) and len(betas) == 2
-            check("solver.betas", betas, ok, "two numbers in [0, 1), e.g. [0.9, 0.999]")
-            v["betas"] = tuple(_number(f"betas[{i}]", b, 0.0, False, 1.0) for i, b in enumerate(betas))
-        if "milestones" in v:
-            ms = v["milestones"]
-            ok = isinstance(ms, list | tuple) and all(isinstance(m, int | float) and 0 < m < 1 for m in ms)
-            check("solver.milestones", ms, ok and list(ms) == sorted(ms), "increasing fractions of the run in (0, 1)")
-            v["milestones"] = tuple(float(m) for m in ms)
-        solver = cls(**v)
-        if solver.warmup_steps and solver.warmup_epochs:
-            raise ValueError(
-                f"solver.warmup_steps={solver.warmup_steps} and solver.warmup_epochs={solver.warmup_epochs}: give the "
-                f"warm-up in one unit (set the other to 0)"
-            )
-        if solver.schedule in ("step", "exponential") and solver.decay_epochs is None:
-            raise ValueError(f"solver.schedule={solver.schedule!r} needs solver.decay_epochs (its period in epochs)")
-        if solver.schedule == "multistep" and not solver.milestones:
-            raise ValueError("solver.schedule='multistep' needs solver.milestones (fractions of the run, e.g. [0.5])")
         unused = [k for k in ("momentum", "nesterov", "rms_decay", "eps", "betas") if k in raw]
         unused = [k for k in unused if k not in OPTIMIZERS[solver.optimizer]]
         if unused:
@@ -196,14 +157,6 @@ class Solver:
         if self.reference_batch_size is None:
             return self.lr
         return self.lr * global_batch / self.reference_batch_size
-
-
-def _number(key: str, value: Any, lo: float, lo_open: bool, hi: float | None) -> float:
-    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-    ok = ok and (value > lo if lo_open else value >= lo) and (hi is None or value <= hi)
-    bound = f"{'>' if lo_open else '>='} {lo:g}" + (f" and <= {hi:g}" if hi is not None else "")
-    check(f"solver.{key}", value, ok, f"a number {bound}")
-    return float(value)
 
 
 # ---- optimiser ------------------------------------------------------------------------------------------------------
