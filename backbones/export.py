@@ -134,7 +134,7 @@ def compare_outputs(
     if not errors[worst] <= bound:
         raise ExportMismatchError(
             f"{what}: output {worst!r} disagrees with eager PyTorch: max|exported - eager| / max|eager| = "
-            f"{errors[worst]:.3g} > bound {bound:.3g}",
+            f"{errors[worst]:.3e} > bound {bound:.0e}",
             worst,
             errors[worst],
             bound,
@@ -222,15 +222,24 @@ def _write_torchscript(model: nn.Module, x: Tensor, path: Path) -> None:
     # traced in the default (grad-enabled) mode with the graph check on: the check traces again without grad, so a
     # model whose graph depends on the grad mode (an inference-only fast path) fails here instead of silently
     # exporting one of its two graphs
-    with _quiet_deprecation():
-        traced = torch.jit.trace(model, (x,), strict=False, check_trace=True)
+    try:
+        with _quiet_deprecation():
+            traced = torch.jit.trace(model, (x,), strict=False, check_trace=True)
+    except torch.jit.TracingCheckError as e:
+        first = str(e).strip().splitlines()[:2]
+        raise RuntimeError(
+            f"torch.jit.trace of {type(model).__name__}: the graph traced with gradients enabled differs from the one "
+            f"traced without ({' '.join(first)}); its forward takes another path by grad mode, so no single traced "
+            f"graph is what eager PyTorch runs"
+        ) from e
     traced.save(str(path))
 
 
 def _write_exported_program(model: nn.Module, x: Tensor, path: Path, dynamic_batch: bool) -> None:
     dynamic = ({0: torch.export.Dim("batch", min=1)},) if dynamic_batch else None
     program = torch.export.export(model, (x,), dynamic_shapes=dynamic)
-    torch.export.save(program, str(path))
+    with _quiet_deprecation():
+        torch.export.save(program, str(path))
 
 
 # ---- readers ---------------------------------------------------------------------------------------------------------
@@ -270,8 +279,10 @@ def verify_export(
     inputs: Sequence[Tensor],
     bound: float = RTOL,
     names: Sequence[str] | None = None,
+    label: str | None = None,
 ) -> dict[str, float]:
     """Run the exported file and ``model`` (eager, eval mode) on each input; per output the largest relative error.
+    ``label`` names the file in messages (default: its format and path).
 
     Raises:
         ExportMismatchError: an output exceeds ``bound`` (named, with its error and the batch size).
@@ -283,7 +294,7 @@ def verify_export(
     for x in inputs:
         with torch.no_grad():
             ref = flatten_outputs(model(x))
-        what = f"{format} file {os.fspath(path)!r} at batch size {x.shape[0]}"
+        what = f"{label or f'{format} file {os.fspath(path)!r}'} at batch size {x.shape[0]}"
         for k, v in compare_outputs(ref, run(x), names, bound, what).items():
             errors[k] = max(errors[k], v)
     return errors
@@ -349,10 +360,11 @@ def export_model(
             _write_torchscript(model, inputs[0], tmp)
         else:
             _write_exported_program(model, inputs[0], tmp, dynamic_batch)
+        label = f"{format} export to {os.fspath(final)!r}"
         try:
-            errors = verify_export(tmp, format, model, inputs, bound, names)
+            errors = verify_export(tmp, format, model, inputs, bound, names, label)
         except ExportMismatchError as e:
-            raise ExportMismatchError(f"{e} -- not written to {os.fspath(final)!r}", e.output, e.error, bound) from e
+            raise ExportMismatchError(f"{e}; nothing was written", e.output, e.error, bound) from e
         notes = []
         if format == "torchscript" and (n := fixed_devices(tmp)):
             notes.append(f"the traced graph fixes a device at {n} place(s): the file runs on that device only")

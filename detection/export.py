@@ -71,13 +71,21 @@ class DetectorOutputs(nn.Module):
         return out["boxes"], out["labels"], out["scores"]
 
 
-def shapes_images(n: int = 3, split: str = "val", start: int = 0) -> list[Tensor]:
-    """Images ``start .. start + n - 1`` of the default shapes set, rendered in memory (no dataset folder needed):
-    ``(3, H, W)`` float tensors in [0, 1], H and W between 128 and 192."""
+def shapes_images(n: int = 3, split: str = "val") -> list[Tensor]:
+    """The first ``n`` images of different sizes of the default shapes set's ``split``, rendered in memory (no dataset
+    folder needed): ``(3, H, W)`` float tensors in [0, 1], sides between 128 and 192."""
     from .data import to_tensor
     from .synthetic import ShapesSpec, render_image
 
-    return [to_tensor(render_image(ShapesSpec(), split, i)[0]) for i in range(start, start + n)]
+    spec, images, sizes = ShapesSpec(), [], set()
+    for i in range(1000):
+        image = render_image(spec, split, i)[0]
+        if image.size not in sizes:
+            sizes.add(image.size)
+            images.append(to_tensor(image))
+        if len(images) == n:
+            break
+    return images
 
 
 @dataclass
@@ -149,8 +157,10 @@ def verify_detector_export(
     images: Sequence[Tensor],
     box_tol: float = BOX_TOL,
     score_tol: float = SCORE_TOL,
+    label: str | None = None,
 ) -> dict[str, float]:
-    """Run the exported file and the eager ``detector`` on each image; the largest box (px) and score errors."""
+    """Run the exported file and the eager ``detector`` on each image; the largest box (px) and score errors.
+    ``label`` names the file in messages (default: its format and path)."""
     run = load_runner(path, format)
     detector.eval()
     worst = {"boxes": 0.0, "scores": 0.0}
@@ -158,7 +168,7 @@ def verify_detector_export(
         with torch.no_grad():
             out = detector([image])[0]
         ref = [out[n] for n in OUTPUTS]
-        what = f"{format} file {os.fspath(path)!r} on image {k} ({tuple(image.shape[1:])})"
+        what = f"{label or f'{format} file {os.fspath(path)!r}'} on image {k} ({tuple(image.shape[1:])})"
         diff = compare_detections(ref, run(image), what, box_tol, score_tol)
         worst["boxes"] = max(worst["boxes"], diff.max_box_px)
         worst["scores"] = max(worst["scores"], diff.max_score)
@@ -202,10 +212,11 @@ def export_detector(
                 _write_onnx(wrapper, images[0], tmp, opset)
             else:
                 _write_torchscript(wrapper, images[0], tmp)
+        label = f"{format} export to {os.fspath(final)!r}"
         try:
-            errors = verify_detector_export(tmp, format, detector, images, box_tol, score_tol)
+            errors = verify_detector_export(tmp, format, detector, images, box_tol, score_tol, label)
         except ExportMismatchError as e:
-            raise ExportMismatchError(f"{e} -- not written to {os.fspath(final)!r}", e.output, e.error, e.bound) from e
+            raise ExportMismatchError(f"{e}; nothing was written", e.output, e.error, e.bound) from e
     shapes = [tuple(im.shape) for im in images]
     bounds = {"boxes": box_tol, "scores": score_tol}
     report = ExportReport(final, format, list(OUTPUTS), errors, bounds, shapes, time.perf_counter() - start)
@@ -244,16 +255,35 @@ def _write_torchscript(wrapper: nn.Module, image: Tensor, path: Path) -> None:
     traced.save(str(path))
 
 
-def detector_from_checkpoint(path: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]:
+def detector_options(name: str, input_size: int | Sequence[int] | None = None) -> dict[str, Any]:
+    """A detector config ``{"name": name, ...}`` whose input resolution is ``input_size`` (None: the defaults): SSD's
+    ``size``; Faster R-CNN's ``min_size`` (the shorter side) with ``max_size`` in torchvision's ratio 1333 / 800."""
+    from .models import resolve_config
+
+    cfg = resolve_config(name)
+    if input_size is None:
+        return {"name": name}
+    sides = [input_size] if isinstance(input_size, int) else list(input_size)
+    check("input_size", input_size, len(sides) in (1, 2) and all(int(s) > 0 for s in sides), "give a side or (h, w)")
+    if "size" in cfg:
+        return {"name": name, "size": sides[0] if len(sides) == 1 else sides}
+    side = min(sides)
+    return {"name": name, "min_size": side, "max_size": max(max(sides), round(side * 1333 / 800))}
+
+
+def detector_from_checkpoint(
+    path: str | os.PathLike, input_size: int | Sequence[int] | None = None
+) -> tuple[nn.Module, dict[str, Any]]:
     """The detector of a ``tools/train_net.py`` checkpoint (``.ckpt``), rebuilt from its hyper-parameters (backbone,
-    detector and ``num_classes``) with its trained weights; returns ``(detector, config)``."""
+    detector and ``num_classes``) with its trained weights; ``input_size`` replaces the trained resize target
+    (:func:`detector_options`). Returns ``(detector in eval mode, config)``."""
     from backbones.zoo import backbone_spec
 
     from .models import build_detector, load_detector_weights
 
     path = os.fspath(path)
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    hp = ckpt.get("hyper_parameters") or {} if isinstance(ckpt, dict) else {}
+    hp = (ckpt.get("hyper_parameters") or {}) if isinstance(ckpt, dict) else {}
     cfg = hp.get("cfg")
     if not isinstance(cfg, dict) or "detector" not in cfg or "num_classes" not in hp:
         raise ValueError(
@@ -262,6 +292,9 @@ def detector_from_checkpoint(path: str | os.PathLike) -> tuple[nn.Module, dict[s
         )
     name, options = backbone_spec(cfg["backbone"])
     options.pop("pretrained", None)  # the checkpoint holds the trained weights
-    detector = build_detector(name, cfg["detector"], int(hp["num_classes"]), **options)
+    det_cfg = dict(cfg["detector"])
+    if input_size is not None:
+        det_cfg.update(detector_options(det_cfg["name"], input_size))
+    detector = build_detector(name, det_cfg, int(hp["num_classes"]), **options)
     load_detector_weights(detector, path)
     return detector.eval(), cfg
