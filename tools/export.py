@@ -51,7 +51,7 @@ def _model(args: argparse.Namespace):
             model = classifier_from_checkpoint(src)[0]
             return _features(model, args), False, hp["model_name"]
         if not args.model:
-            raise SystemExit(f"{src} is a state dict: give the architecture with --model <registered name>")
+            raise ValueError(f"{src} is a state dict: give the architecture with --model <registered name>")
     if args.detector:
         from detection.export import detector_options
         from detection.models import build_detector, load_detector_weights
