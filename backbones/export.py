@@ -346,6 +346,11 @@ def export_model(
         input_size = card.input_size if card is not None else 224
     sides = (input_size,) if isinstance(input_size, int) else tuple(input_size)
     check("input_size", input_size, len(sides) in (1, 2) and all(int(s) >= 1 for s in sides), "give a side or (h, w)")
+    if format == "onnx" and not dynamo and is_quantized(model):
+        raise ValueError(
+            "dynamo=False is not valid for an int8 model: the TorchScript-based ONNX exporter has no translation of "
+            "its quantized_decomposed ops; use dynamo=True (QuantizeLinear / DequantizeLinear in the file)"
+        )
     in_chans = _in_chans(model)
     batches = [batch_size, batch_size + 1] if dynamic_batch else [batch_size]
     inputs = example_inputs(batches, input_size, in_chans)
@@ -375,6 +380,14 @@ def export_model(
     )
     logger.info("%s", report.summary())
     return report
+
+
+def is_quantized(model: nn.Module) -> bool:
+    """True for a pt2e-quantised graph (:func:`backbones.quantize.quantize_int8`): it calls ``quantized_decomposed``
+    ops."""
+    graph = getattr(model, "graph", None)
+    nodes = graph.nodes if isinstance(graph, torch.fx.Graph) else ()
+    return any(str(getattr(n.target, "namespace", "")) == "quantized_decomposed" for n in nodes)
 
 
 def _in_chans(model: nn.Module) -> int:

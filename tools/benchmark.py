@@ -5,6 +5,7 @@
     python tools/benchmark.py shufflenet_v1_g3_x2_0 --baseline mobilenet_v1_x1_0     # no twin: compare GMAC/s
     python tools/benchmark.py densenet121 --peak-memory --option memory_efficient=True
     python tools/benchmark.py --all --device cuda --channels-last --amp
+    python tools/benchmark.py mobilenet_v1_x1_0 --precisions fp32,bf16,int8 --modes forward   # ours in 3 precisions
 
 Prints a Markdown table: median ms, images/s, mult-adds/s, peak memory, and ours/twin = our time / twin time
 (< 1 means ours is faster), with the machine it ran on.
@@ -51,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--peak-memory", action="store_true", help="also measure peak memory of each step")
     ap.add_argument("--option", action="append", default=[], type=_option, help="model option key=value (ours)")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--precisions", default=None, help="time ours in fp32,bf16,int8 (CPU) instead of against a twin")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -73,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
             "--channels-last puts both in channels-last, --option channels_last=False keeps ours contiguous"
         )
     )
+    if args.precisions:
+        return _precisions(names, args, modes, options)
     results = []
     for name in names:
         rs = compare(
@@ -99,6 +103,21 @@ def main(argv: list[str] | None = None) -> int:
         print(format_table(rs), flush=True)
     if len(names) > 1:
         print("\n## all\n" + format_table(results))
+    return 0
+
+
+def _precisions(names: list[str], args: argparse.Namespace, modes: tuple[str, ...], options: dict) -> int:
+    from backbones.quantize import format_precision_table, time_precisions
+
+    precisions = tuple(args.precisions.split(","))
+    results = []
+    for name in names:
+        kw = {"batch_size": args.batch_size, "input_size": args.input_size, "repeats": args.repeats}
+        rs = time_precisions(name, precisions, modes=modes, warmup=args.warmup, options=options, **kw)
+        results.extend(rs)
+        print(format_precision_table(rs), flush=True)
+    if len(names) > 1:
+        print("\n## all\n" + format_precision_table(results))
     return 0
 
 
