@@ -73,7 +73,7 @@ def test_export_matches_eager(name, features, fmt, dynamo, tmp_path):
         assert fixed_devices(path) == 0, "the traced graph pins a device: the file would run on the CPU only"
 
 
-@pytest.mark.parametrize("fmt", ["torchscript", "exported-program"])
+@pytest.mark.parametrize("fmt", ["torchscript", pytest.param("exported-program", marks=pytest.mark.slow)])
 def test_nasnet_cells_export_as_eager(fmt, tmp_path):
     """NASNet-A's generic cell (normal and reduction cells, ImageNet stem) at one cell per stage: the graph an exporter
     records is eager's at every batch size, and a trace pins no device."""

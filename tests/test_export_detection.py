@@ -2,7 +2,8 @@
 images of several sizes (matched by label and box, boxes within 1e-3 px); what torchvision's detectors cannot be
 exported to is refused with the reason, and torch.export keeps being checked to fail (so the note is revisited).
 
-Default suite: SSD (the cheapest to export); ``-m slow``: faster_rcnn, faster_rcnn_c4 and ssdlite.
+Default suite: SSD (the cheapest to export) to ONNX (tests/test_bf16.py traces a Faster R-CNN checkpoint);
+``-m slow``: every detector in both formats.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ def _detector(name: str):
 
 
 def _param(name: str, *rest):
-    marks = [] if name == "ssd" else [pytest.mark.slow]
+    marks = [] if name == "ssd" and rest in ((), ("onnx",)) else [pytest.mark.slow]
     return pytest.param(name, *rest, id="-".join([name, *rest]), marks=marks)
 
 

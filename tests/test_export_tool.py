@@ -54,6 +54,7 @@ def test_state_dict_of_a_backbone_exports_its_weights(tmp_path):
         torch.testing.assert_close(got[k], ref[k], rtol=0, atol=1e-5 * ref[k].abs().max().item())
 
 
+@pytest.mark.slow  # the library path: tests/test_export_detection.py; a detector checkpoint: tests/test_bf16.py
 def test_detector_by_name_exports(tmp_path, capsys):
     pytest.importorskip("onnxruntime", reason="ONNX checks need onnxruntime: pip install 'cnn-backbones[export]'")
     out = tmp_path / "d.onnx"

@@ -84,6 +84,7 @@ def test_pt2_round_trip_and_size(quantized, tmp_path):
             assert torch.equal(loaded(x), q(x))
 
 
+@pytest.mark.slow
 def test_int8_onnx_is_verified_and_the_legacy_exporter_refused(quantized, tmp_path):
     pytest.importorskip("onnxruntime", reason="ONNX checks need onnxruntime")
     pytest.importorskip("onnxscript", reason="the dynamo ONNX exporter needs onnxscript")
