@@ -309,6 +309,16 @@ def fixed_devices(path: str | os.PathLike) -> int:
     return len(re.findall(r"Device = prim::Constant\[value=\"", graph))
 
 
+def trace_notes(path: str | os.PathLike, name: str | os.PathLike | None = None) -> list[str]:
+    """What a user of a traced file must know that verification on the CPU cannot show (logged as warnings)."""
+    notes = []
+    if n := fixed_devices(path):
+        notes.append(f"the traced graph fixes a device at {n} place(s): the file runs on the device it was traced on")
+    for note in notes:
+        logger.warning("%s: %s", os.fspath(name or path), note)
+    return notes
+
+
 def export_model(
     model: nn.Module,
     path: str | os.PathLike,
@@ -370,10 +380,7 @@ def export_model(
             errors = verify_export(tmp, format, model, inputs, bound, names, label)
         except ExportMismatchError as e:
             raise ExportMismatchError(f"{e}; nothing was written", e.output, e.error, bound) from e
-        notes = []
-        if format == "torchscript" and (n := fixed_devices(tmp)):
-            notes.append(f"the traced graph fixes a device at {n} place(s): the file runs on that device only")
-            logger.warning("%s: %s", final, notes[-1])
+        notes = trace_notes(tmp, final) if format == "torchscript" else []
     shapes = [tuple(x.shape) for x in inputs]
     report = ExportReport(
         final, format, names, errors, dict.fromkeys(names, bound), shapes, time.perf_counter() - start, notes

@@ -38,7 +38,7 @@ import torch
 from torch import Tensor, nn
 
 from backbones.checks import check, check_choice
-from backbones.export import ExportMismatchError, ExportReport, load_runner, staged_file
+from backbones.export import ExportMismatchError, ExportReport, load_runner, staged_file, trace_notes
 
 logger = logging.getLogger(__name__)
 
@@ -217,10 +217,11 @@ def export_detector(
             errors = verify_detector_export(tmp, format, detector, images, box_tol, score_tol, label)
         except ExportMismatchError as e:
             raise ExportMismatchError(f"{e}; nothing was written", e.output, e.error, e.bound) from e
+        notes = trace_notes(tmp, final) if format == "torchscript" else []
     shapes = [tuple(im.shape) for im in images]
     bounds = {"boxes": box_tol, "scores": score_tol}
-    report = ExportReport(final, format, list(OUTPUTS), errors, bounds, shapes, time.perf_counter() - start)
-    report.notes.append("errors after matching detections: boxes in pixels, scores absolute")
+    notes.append("errors after matching detections: boxes in pixels, scores absolute")
+    report = ExportReport(final, format, list(OUTPUTS), errors, bounds, shapes, time.perf_counter() - start, notes)
     logger.info("%s", report.summary())
     return report
 

@@ -91,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--output", default=None, help="file to write (default: ./<name>.<onnx|pt|pt2>)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("onnxscript", "onnx_ir"):  # the dynamo exporter's optimiser logs every pass at INFO
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     if args.detector and args.num_classes is None and not Path(args.source).is_file():
         ap.error("--detector needs --num-classes (object classes, background excluded)")
     try:

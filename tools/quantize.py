@@ -43,6 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--onnx", default=None, help="write the int8 model as ONNX (QDQ, dynamo exporter)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("onnxscript", "onnx_ir"):  # the dynamo exporter's optimiser logs every pass at INFO
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     model, hp = classifier_from_checkpoint(args.checkpoint)
     cfg = dataset_config(args.dataset, **dict(args.set))
     figures, quantized = compare_precisions(model, cfg, args.calibration_batches, args.batch_size)
