@@ -127,9 +127,11 @@ def lower_int8(quantized: nn.Module, example: Tensor) -> nn.Module:
 
 
 def save_int8(quantized: nn.Module, path: str | os.PathLike, example: Tensor) -> Path:
-    """Write the reference quantised module as an ExportedProgram (dynamic batch) to ``path``, atomically."""
+    """Write the reference quantised module as an ExportedProgram to ``path``, atomically; the batch is dynamic
+    (``example`` gives the image shape, its batch size does not matter)."""
     from .export import _quiet_deprecation, staged_file
 
+    example = torch.zeros(2, *example.shape[1:], dtype=example.dtype)  # batch 1 would be specialised
     program = torch.export.export(quantized, (example,), dynamic_shapes=({0: torch.export.Dim("batch", min=1)},))
     with staged_file(path) as tmp, _quiet_deprecation():
         torch.export.save(program, str(tmp))
