@@ -40,8 +40,9 @@ def classifier_from_checkpoint(path: str | os.PathLike, ema: bool = True) -> tup
     return model.eval(), dict(hp)
 
 
-def dataset_config(name: str = "digits", **overrides: Any) -> dict[str, Any]:
-    """``conf/dataset/<name>.yaml`` of this checkout with ``overrides`` (the datasets a training run would read)."""
+def dataset_config(name: str = "digits", overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
+    """``conf/dataset/<name>.yaml`` of this checkout with ``key=value`` overrides (values parsed as YAML, as on
+    Hydra's command line): the datasets a training run would read."""
     from pathlib import Path
 
     from omegaconf import OmegaConf
@@ -50,8 +51,8 @@ def dataset_config(name: str = "digits", **overrides: Any) -> dict[str, Any]:
     if not path.is_file():
         valid = sorted(p.stem for p in path.parent.glob("*.yaml"))
         raise ValueError(f"dataset={name!r} is not valid; choose one of {', '.join(valid)}")
-    cfg = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
-    return {**cfg, **overrides}
+    cfg = OmegaConf.merge(OmegaConf.load(path), OmegaConf.from_dotlist(list(overrides)))
+    return OmegaConf.to_container(cfg, resolve=True)
 
 
 def compare_precisions(

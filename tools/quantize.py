@@ -12,7 +12,6 @@ weight sizes. The int8 files are verified against the int8 model before they are
 from __future__ import annotations
 
 import argparse
-import ast
 import logging
 import sys
 from pathlib import Path
@@ -24,19 +23,11 @@ from backbones.quantize import INT8_RTOL, save_int8  # noqa: E402
 from classification.export import classifier_from_checkpoint, compare_precisions, dataset_config  # noqa: E402
 
 
-def _setting(text: str) -> tuple[str, object]:
-    key, _, value = text.partition("=")
-    try:
-        return key, ast.literal_eval(value)
-    except (ValueError, SyntaxError):
-        return key, value
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("checkpoint", help="a tools/train_cls.py checkpoint (.ckpt)")
     ap.add_argument("--dataset", default="digits", help="conf/dataset/<name>.yaml")
-    ap.add_argument("--set", action="append", default=[], type=_setting, help="dataset key=value (e.g. image_size=32)")
+    ap.add_argument("--set", action="append", default=[], help="dataset key=value, YAML values (e.g. image_size=32)")
     ap.add_argument("--calibration-batches", type=int, default=4)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--output", default=None, help="write the int8 model as an ExportedProgram (.pt2)")
@@ -46,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("onnxscript", "onnx_ir"):  # the dynamo exporter's optimiser logs every pass at INFO
         logging.getLogger(noisy).setLevel(logging.WARNING)
     model, hp = classifier_from_checkpoint(args.checkpoint)
-    cfg = dataset_config(args.dataset, **dict(args.set))
+    cfg = dataset_config(args.dataset, args.set)
     figures, quantized = compare_precisions(model, cfg, args.calibration_batches, args.batch_size)
     n = int(figures.pop("images")["count"])
     sizes = figures.pop("size")
