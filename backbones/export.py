@@ -229,8 +229,8 @@ def _write_torchscript(model: nn.Module, x: Tensor, path: Path) -> None:
         first = str(e).strip().splitlines()[:2]
         raise RuntimeError(
             f"torch.jit.trace of {type(model).__name__}: the graph traced with gradients enabled differs from the one "
-            f"traced without ({' '.join(first)}); its forward takes another path by grad mode, so no single traced "
-            f"graph is what eager PyTorch runs"
+            f"traced without ({' '.join(first)}); the forward takes another path without gradients (an inference "
+            f"fast path) or by the input values, so no single traced graph is what eager PyTorch runs"
         ) from e
     traced.save(str(path))
 
