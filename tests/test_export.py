@@ -64,6 +64,7 @@ def test_export_matches_eager(name, features, fmt, dynamo, tmp_path):
     model = backbones.create_model(name, features_only=features, num_classes=10)
     path = tmp_path / f"{name}.{fmt}"
     report = export_model(model, path, fmt, input_size=_side(name), dynamo=bool(dynamo))
+    print(report.summary())  # the errors, in the report of a -rA run (docs/deployment.md's table)
     assert path.is_file() and report.path == path
     assert sorted(os.listdir(tmp_path)) == [path.name]  # no temporary file left
     assert report.outputs == (list(model.out_features) if features else ["logits"])

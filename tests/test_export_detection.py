@@ -50,6 +50,7 @@ def test_detector_export_matches_eager(name, fmt, tmp_path):
     assert min(counts) > 0, counts  # something to compare on every image
     path = tmp_path / f"{name}.{fmt}"
     report = export_detector(model, path, fmt, images=images)
+    print(report.summary(), counts)
     assert sorted(os.listdir(tmp_path)) == [path.name]
     assert report.errors["boxes"] <= BOX_TOL and report.errors["scores"] <= 1e-4
     assert report.outputs == ["boxes", "labels", "scores"]
