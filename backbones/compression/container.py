@@ -174,6 +174,15 @@ def decode_state(data: bytes) -> tuple[str, dict[str, Any], dict[str, Tensor]]:
     return header["model"], header["options"], state
 
 
+def is_compressed(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a file that starts as a compressed-model file does (``pretrained=`` recognises it so)."""
+    try:
+        with open(os.fspath(path), "rb") as f:
+            return f.read(len(MAGIC)) == MAGIC
+    except OSError:
+        return False
+
+
 def load_compressed(source: str | os.PathLike | bytes, **options: Any) -> nn.Module:
     """Rebuild a normal model from a compressed file (a path or its bytes): ``create_model`` with the stored name
     and options (``options`` override them), then the decoded state dict, loaded strictly."""
