@@ -7,6 +7,11 @@ gradient clipping, atomic checkpoints, loggers, progress bar).
 Evaluation reports top-1 and top-5 on the val split, with the EMA weights when the recipe keeps an average; every
 rank's per-image results are gathered and de-duplicated by dataset index, so each val image counts exactly once
 even when a distributed sampler pads the last batch with repeats.
+
+Two options change training: ``teacher=`` distils a trained classifier into the student (:class:`Teacher`, the loss
+in :func:`classification.recipes.classification_loss`), and ``compression.plan=`` prunes the weights to a Deep
+Compression plan and retrains them with the pruned ones held at zero (:class:`backbones.compression.MaskKeeper`;
+the masks are saved in every checkpoint, so a resumed run keeps them).
 """
 
 from __future__ import annotations
@@ -23,13 +28,15 @@ from torch.utils.data import BatchSampler, DataLoader, DistributedSampler
 
 import backbones
 from backbones.atomic import write_json_atomic
+from backbones.compression import CompressionPlan, MaskKeeper, prune
 from training.config import backbone_spec, check_keys, check_run_config, plain
 from training.optim import Solver, configure_optimizers
 from training.resumable import ResumableTrainData
 from training.trainer import build_trainer, check_finite_loss, fit
 
+from .compress import check_compression
 from .data import CLASSIFICATION_DATASETS, ClassificationData, build_datasets, collate_skip_bad
-from .recipes import ModelEma, classification_loss, update_drop_path
+from .recipes import ModelEma, Teacher, build_teacher, check_distillation, classification_loss, update_drop_path
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +45,7 @@ RECIPE_KEYS = ("name", "source", "label_smoothing", "aux_weight", "ema_decay", "
 #: top-level keys of conf/classify.yaml (its groups included)
 TOP_KEYS = (
     "backbone", "dataset", "trainer", "recipe", "solver", "task", "seed", "epochs", "pretrained", "eval_only",
-    "checkpoint", "resume", "eval_raw", "cpu_threads",
+    "checkpoint", "resume", "eval_raw", "cpu_threads", "teacher", "distill", "compression",
 )  # fmt: skip
 
 
@@ -60,6 +67,10 @@ class ClassificationModule(L.LightningModule):
         channels_last: the model's parameters stored channels-last (``create_model(channels_last=...)``).
         compile: wrap the training forward in ``torch.compile`` (the state dict keeps its plain names).
         eval_raw: when EMA is on, also report the raw weights' accuracy as ``val/top1_raw`` / ``val/top5_raw``.
+        distill: ``temperature``, ``weight`` and the teacher's record (:func:`build_teacher`) when distilling.
+        compression: a Deep Compression plan's mapping: the weights (``pretrained`` ones, typically) are pruned to it
+            and retrained with the pruned ones held at zero.
+        teacher: the :class:`Teacher` (not a hyper-parameter; rebuilt from ``distill`` by :func:`run`).
     """
 
     def __init__(
@@ -72,10 +83,13 @@ class ClassificationModule(L.LightningModule):
         channels_last: bool = True,
         compile: bool = False,
         eval_raw: bool = False,
+        distill: dict[str, Any] | None = None,
+        compression: dict[str, Any] | None = None,
+        teacher: Teacher | None = None,
     ) -> None:
         super().__init__()
         check_recipe(recipe)
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["teacher"])
         self.recipe = recipe
         self.solver = Solver.from_config(solver)
         self.model = backbones.create_model(
@@ -83,6 +97,13 @@ class ClassificationModule(L.LightningModule):
         )
         if getattr(self.model, "features_only", False):
             raise ValueError("classification needs the classifier head; remove features_only from the backbone options")
+        # outside the module tree: not trained, not in DDP's or the checkpoints' parameters
+        self.__dict__["teacher"] = teacher
+        self.__dict__["keeper"] = (
+            MaskKeeper(self.model, prune(self.model, CompressionPlan.from_mapping(compression)))
+            if compression
+            else None
+        )
         ema_decay = recipe.get("ema_decay")
         self.ema = ModelEma(self.model, ema_decay, recipe.get("ema_warmup", True)) if ema_decay else None
         # kept out of the module tree (no duplicate state-dict keys); the compiled wrapper shares self.model's weights
@@ -98,6 +119,8 @@ class ClassificationModule(L.LightningModule):
 
     def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None) -> None:
         optimizer.step(closure=optimizer_closure)
+        if self.keeper is not None:
+            self.keeper.apply()  # exact zeros in every checkpoint, whatever the optimiser did
         if self.ema is not None:
             self.ema.update(self.model)
 
@@ -110,8 +133,15 @@ class ClassificationModule(L.LightningModule):
             return None
         progress = update_drop_path(self.model, self.global_step, self.total_steps)
         out = self._train_forward(x)
+        d = self.hparams.distill or {}
         loss, parts = classification_loss(
-            out, y, float(self.recipe.get("label_smoothing", 0.0)), float(self.recipe.get("aux_weight", 0.0))
+            out,
+            y,
+            float(self.recipe.get("label_smoothing", 0.0)),
+            float(self.recipe.get("aux_weight", 0.0)),
+            self.teacher(x) if self.teacher is not None else None,
+            float(d.get("temperature", 1.0)),
+            float(d.get("weight", 0.0)),
         )
         check_finite_loss(
             self,
@@ -120,9 +150,10 @@ class ClassificationModule(L.LightningModule):
             lambda: "Lower solver.lr, raise solver.warmup_epochs or set trainer.gradient_clip_val",
         )
         self.log("train/loss", loss, prog_bar=True, batch_size=len(y))
-        if "aux" in parts:
-            self.log("train/loss_main", parts["main"], batch_size=len(y))
-            self.log("train/loss_aux", parts["aux"], batch_size=len(y))
+        for part in ("main", "aux") if "aux" in parts else ():
+            self.log(f"train/loss_{part}", parts[part], batch_size=len(y))
+        for part in ("hard", "soft") if "soft" in parts else ():
+            self.log(f"train/loss_{part}", parts[part], batch_size=len(y))
         self.log("train/drop_path_progress", progress, batch_size=len(y))
         return loss
 
@@ -182,7 +213,47 @@ class ClassificationModule(L.LightningModule):
             self.log(f"val/{key}", v, prog_bar=key == "top1", rank_zero_only=False, sync_dist=False)
 
     # ---- checkpoints -----------------------------------------------------------------------------------------------
+    def on_fit_start(self) -> None:
+        if self.teacher is not None:
+            self.teacher.to(self.device)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.keeper is not None:
+            masks = {k: m.cpu() for k, m in self.keeper.masks.items()}
+            checkpoint["compression"] = {"plan": self.hparams.compression.get("name"), "masks": masks}
+
+    def _check_resumed_setup(self, checkpoint: dict[str, Any]) -> None:
+        """A resumed run trains as the checkpoint's did: the same teacher (by its file's hash) and soft-target loss,
+        and the same pruning masks (the checkpoint's replace any recomputed ones)."""
+        saved = (checkpoint.get("hyper_parameters") or {}).get("distill") or {}
+        now = self.hparams.distill or {}
+
+        def key(d: dict) -> tuple:
+            return (d.get("teacher_sha256") or d.get("teacher"), d.get("temperature"), d.get("weight")) if d else ()
+
+        if key(saved) != key(now):
+            raise ValueError(
+                f"the checkpoint was trained with teacher={saved.get('teacher')!r} (T={saved.get('temperature')}, "
+                f"weight={saved.get('weight')}, sha256 {saved.get('teacher_sha256')}), this run has "
+                f"teacher={now.get('teacher')!r} (T={now.get('temperature')}, weight={now.get('weight')}, sha256 "
+                f"{now.get('teacher_sha256')}); resume with the same teacher file and distill values"
+            )
+        masks = (checkpoint.get("compression") or {}).get("masks")
+        if (masks is None) != (self.keeper is None):
+            raise ValueError(
+                "the checkpoint was retrained with compression masks; resume with the same compression.plan=..."
+                if masks is not None
+                else "compression.plan is set but the checkpoint holds no masks: resume continues a run; to prune a "
+                "trained model, pass its weights as pretrained=<checkpoint> in a new run"
+            )
+        if masks is not None:
+            if set(masks) != set(self.keeper.masks):
+                raise ValueError("the checkpoint's compression masks cover other weights than compression.plan's")
+            self.keeper.masks.update(masks)
+
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.trainer.state.fn == "fit":
+            self._check_resumed_setup(checkpoint)
         keys = checkpoint.get("state_dict", {})
         trained = (checkpoint.get("hyper_parameters") or {}).get("model_name")
         if trained and trained != self.hparams.model_name:
@@ -278,6 +349,8 @@ def run(cfg: Any, output_dir: str | os.PathLike, **trainer_overrides: Any) -> di
     """
     c = plain(cfg)
     check_run_config(c, "classification", TOP_KEYS, CLASSIFICATION_DATASETS, {"recipe": check_recipe})
+    check_distillation(c.get("teacher"), c.get("distill"))
+    plan = check_compression(c.get("compression"), c["backbone"])
     recipe, solver = dict(c["recipe"]), dict(c["solver"])
     dataset_cfg = dict(c["dataset"])
     trainer_cfg = dict(c["trainer"])
@@ -301,15 +374,26 @@ def run(cfg: Any, output_dir: str | os.PathLike, **trainer_overrides: Any) -> di
     data = dm.data  # fails early, with a clear message, on a bad dataset
     if "input_size" in backbones.builder_options(name) and "input_size" not in options:
         options["input_size"] = data.image_size  # design resolution (sizes e.g. NASNet's aux head) = training one
+    channels_last = bool(trainer_cfg.get("channels_last", True))
+    teacher, distill = None, None
+    if c.get("teacher") and not c.get("eval_only"):
+        fixed = dataset_cfg.get("mean") is not None or dataset_cfg.get("std") is not None  # the same for both
+        d = dict(c.get("distill") or {})
+        teacher, distill = build_teacher(
+            c["teacher"], d, data.num_classes, None if fixed else (data.mean, data.std), channels_last=channels_last
+        )
     module = ClassificationModule(
         name,
         options,
         data.num_classes,
         recipe,
         solver,
-        channels_last=bool(trainer_cfg.get("channels_last", True)),
+        channels_last=channels_last,
         compile=bool(trainer_cfg.get("compile", False)),
         eval_raw=bool(c.get("eval_raw", False)),
+        distill=distill,
+        compression=plan,
+        teacher=teacher,
     )
     # run length: `epochs`, else trainer.max_epochs, else the dataset's (digits: short), else the solver's (paper's)
     epochs = c.get("epochs") or trainer_cfg.get("max_epochs") or dataset_cfg.get("epochs") or solver.get("epochs")
@@ -328,7 +412,9 @@ def run(cfg: Any, output_dir: str | os.PathLike, **trainer_overrides: Any) -> di
     metrics["epochs_done"] = float(trainer.current_epoch)
     metrics["global_step"] = float(trainer.global_step)
     if trainer.is_global_zero:
-        summary = {"model": name, "dataset": dataset_cfg.get("name"), **metrics}
+        summary = {"model": name, "dataset": dataset_cfg.get("name"), "seed": seed, **metrics}
+        if distill:
+            summary["teacher"] = {k: distill.get(k) for k in ("teacher", "teacher_model", "temperature", "weight")}
         write_json_atomic(Path(output_dir) / "results.json", summary)
         logger.info(
             "val top-1 %.2f%%  top-5 %.2f%%  (%d images)",
