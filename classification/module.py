@@ -379,9 +379,10 @@ def run(cfg: Any, output_dir: str | os.PathLike, **trainer_overrides: Any) -> di
     if c.get("teacher") and not c.get("eval_only"):
         fixed = dataset_cfg.get("mean") is not None or dataset_cfg.get("std") is not None  # the same for both
         d = dict(c.get("distill") or {})
-        teacher, distill = build_teacher(
-            c["teacher"], d, data.num_classes, None if fixed else (data.mean, data.std), channels_last=channels_last
-        )
+        with torch.random.fork_rng(devices=[]):  # the student starts from the same weights with or without a teacher
+            teacher, distill = build_teacher(
+                c["teacher"], d, data.num_classes, None if fixed else (data.mean, data.std), channels_last=channels_last
+            )
     module = ClassificationModule(
         name,
         options,

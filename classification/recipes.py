@@ -238,7 +238,10 @@ def load_classifier(
         info = {"kind": "checkpoint", "model": hp["model_name"], "num_classes": int(hp["num_classes"])}
         return model.eval(), {**info, "source": path, "hyper_parameters": hp}
     if not model_name:
-        raise ValueError(f"{source!r} is a state dict, which does not say its model; name the registered model too")
+        raise ValueError(
+            f"{source!r} is a state dict, which does not say its model; name the registered model too (a teacher: "
+            "distill.teacher_model=<name>; tools/compress.py: --model <name>)"
+        )
     name = str(model_name)
     backbones.model_card(name)  # an unknown name raises, with close names
     with torch.device("meta"):  # the classifier's name without building weights
@@ -302,6 +305,7 @@ class Teacher(nn.Module):
         self.model = model.eval().requires_grad_(False)
         self.register_buffer("scale", scale, persistent=False)
         self.register_buffer("shift", shift, persistent=False)
+        self.eval()
 
     def train(self, mode: bool = True) -> Teacher:
         return super().train(False)
