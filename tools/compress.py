@@ -53,8 +53,9 @@ def main(argv: list[str] | None = None) -> None:
     import backbones
     from classification import compress as lib
 
-    cfg = lib.classify_config(args.overrides)  # bad overrides fail here, before any work
-    lib.load_plan(args.plan)
+    cfg = lib.classify_config(args.overrides)  # bad overrides, plans and bits fail here, before any work
+    for bits in args.bits:
+        lib.load_plan(args.plan, bits)
     if cfg.get("cpu_threads") and cfg["trainer"].get("accelerator") == "cpu":
         torch.set_num_threads(int(cfg["cpu_threads"]))
     if args.random_init:
