@@ -356,3 +356,28 @@ def build_teacher(
     logger.info("teacher: %s (%s, %d classes), T=%s, weight=%s", src, info["model"], num_classes,
                 distill.get("temperature"), distill.get("weight"))  # fmt: skip
     return Teacher(model, scale, shift), record
+
+
+def summarize_runs(root: str | os.PathLike) -> list[dict[str, Any]]:
+    """The top-1 of every run under ``root`` (each ``results.json`` below it, e.g. a Hydra sweep folder), grouped by
+    student model and teacher settings: ``model``, ``teacher`` (None without), ``temperature``, ``weight``, ``n``,
+    ``seeds``, ``mean``, ``std`` (sample standard deviation), ``min``, ``max`` and every ``top1``."""
+    import json
+    import statistics
+    from pathlib import Path
+
+    groups: dict[tuple, list[tuple[int, float]]] = {}
+    for path in sorted(Path(root).rglob("results.json")):
+        r = json.loads(path.read_text())
+        t = r.get("teacher") or {}
+        key = (r["model"], t.get("teacher"), t.get("temperature"), t.get("weight"))
+        groups.setdefault(key, []).append((int(r.get("seed", 0)), float(r["top1"])))
+    out = []
+    for (model, teacher, temperature, weight), runs in groups.items():
+        top1 = [v for _, v in sorted(runs)]
+        out.append({
+            "model": model, "teacher": teacher, "temperature": temperature, "weight": weight, "n": len(top1),
+            "seeds": sorted(s for s, _ in runs), "mean": statistics.fmean(top1),
+            "std": statistics.stdev(top1) if len(top1) > 1 else 0.0, "min": min(top1), "max": max(top1), "top1": top1,
+        })  # fmt: skip
+    return out

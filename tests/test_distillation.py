@@ -13,7 +13,7 @@ from tiny_runs import compose_cfg
 
 import backbones
 from classification.module import run
-from classification.recipes import classification_loss, soft_target_loss
+from classification.recipes import classification_loss, soft_target_loss, summarize_runs
 
 QUIET = ["trainer.loggers=[]", "trainer.progress_bar=false"]
 TINY = ["dataset.image_size=16", "epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1", *QUIET]
@@ -111,6 +111,9 @@ def test_tiny_run_with_a_teacher_keeps_it_frozen_and_out_of_the_checkpoint(tmp_p
     record = ckpt["hyper_parameters"]["distill"]
     assert record["teacher"] == str(teacher_ckpt) and record["teacher_model"] == "mobilenet_v1_x0_25"
     assert len(record["teacher_sha256"]) == 64
+    (group,) = summarize_runs(tmp_path)  # results.json records the seed and the teacher
+    assert group["model"] == STUDENT and group["teacher"] == str(teacher_ckpt) and group["weight"] == 0.9
+    assert group["seeds"] == [0] and group["top1"] == [m["top1"]]
 
     # resuming with other distillation settings is refused, naming both
     with pytest.raises(ValueError, match=r"trained with teacher=.*T=4.0, weight=0.9.*this run has .*weight=0.5"):
@@ -150,6 +153,22 @@ def test_teacher_from_a_state_dict_is_renormalised_to_its_card(tmp_path):
         expected = net((raw - mean) / std)
     assert torch.allclose(teacher((raw - 0.5) / 0.5), expected, atol=1e-5)
     assert record["teacher_model"] == "squeezenet1_1" and record["teacher_sha256"]
+
+
+def test_summary_groups_runs_by_teacher(tmp_path):
+    import json
+
+    runs = [(None, 0, 97.5), (None, 1, 98.5), ("t.ckpt", 0, 99.0), ("t.ckpt", 1, 98.0), ("t.ckpt", 2, 98.5)]
+    for i, (teacher, seed, top1) in enumerate(runs):
+        r = {"model": "m", "seed": seed, "top1": top1}
+        if teacher:
+            r["teacher"] = {"teacher": teacher, "temperature": 4.0, "weight": 0.9}
+        (tmp_path / str(i)).mkdir()
+        (tmp_path / str(i) / "results.json").write_text(json.dumps(r))
+    by = {g["teacher"]: g for g in summarize_runs(tmp_path)}
+    assert by[None]["n"] == 2 and by[None]["mean"] == 98.0 and by[None]["std"] == pytest.approx(math.sqrt(0.5))
+    assert by["t.ckpt"]["seeds"] == [0, 1, 2] and by["t.ckpt"]["mean"] == pytest.approx(98.5)
+    assert by["t.ckpt"]["std"] == pytest.approx(0.5) and by["t.ckpt"]["min"] == 98.0
 
 
 # ---- bad values ------------------------------------------------------------------------------------------------------
