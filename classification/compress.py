@@ -202,6 +202,7 @@ def compress(
     dataset_cfg: dict[str, Any] | None = None,
     retrain_overrides: Sequence[str] | None = None,
     options: dict[str, Any] | None = None,
+    first_stage: str = "trained",
 ) -> list[dict[str, Any]]:
     """Every stage of Deep Compression on a trained ``model``, its files in ``out_dir``.
 
@@ -215,6 +216,7 @@ def compress(
         retrain_overrides: ``tools/train_cls.py`` overrides of the retraining run (e.g. ``["epochs=5"]``); None
             skips it.
         options: ``create_model`` options the file records (beside ``num_classes``).
+        first_stage: the name of ``model``'s own row (e.g. ``"random init"``); its ``bytes`` are 4 per parameter.
 
     Returns:
         one row per stage: ``stage``, ``top1`` (None without a dataset), ``nonzero`` parameters, ``bytes`` (files
@@ -232,7 +234,7 @@ def compress(
                     f"({extra['bytes']} bytes)" if "bytes" in extra else "")  # fmt: skip
         return r
 
-    rows = [row("trained", model, bytes=4 * sum(p.numel() for p in model.parameters()))]
+    rows = [row(first_stage, model, bytes=4 * sum(p.numel() for p in model.parameters()))]
     model = copy.deepcopy(model)
     masks = dc.prune(model, load_plan(plan))
     save_state(model, out / "pruned.pth")
@@ -247,7 +249,9 @@ def compress(
         path = out / f"{model.model_name}_{b}bit.dcmp"
         shared, size = share_and_encode(model, masks, plan, b, path, options)
         rows.append(row(f"shared {b}-bit", shared))
-        rows.append(row(f"decoded {b}-bit", dc.load_compressed(path), bytes=size, file=str(path)))
+        with open(path, "rb") as f:
+            parts = dc.sections(f.read())
+        rows.append(row(f"decoded {b}-bit", dc.load_compressed(path), bytes=size, file=str(path), sections=parts))
     write_json_atomic(out / "stages.json", rows, indent=1)
     return rows
 

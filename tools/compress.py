@@ -74,9 +74,10 @@ def main(argv: list[str] | None = None) -> None:
         dataset_cfg=None if args.no_eval else cfg["dataset"],
         retrain_overrides=[f"epochs={epochs}", *args.overrides] if epochs > 0 else None,
         options=options,
+        first_stage="random init" if args.random_init else "trained",
     )
     print(lib.stage_table(rows))
-    print(json.dumps({r["stage"]: r.get("bytes") for r in rows if "bytes" in r}))
+    print(json.dumps({r["stage"]: r.get("sections", r.get("bytes")) for r in rows if "bytes" in r}))
 
 
 if __name__ == "__main__":
