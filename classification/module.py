@@ -214,8 +214,8 @@ class ClassificationModule(L.LightningModule):
 
     # ---- checkpoints -----------------------------------------------------------------------------------------------
     def on_fit_start(self) -> None:
-        if self.teacher is not None:
-            self.teacher.to(self.device)
+        if self.teacher is not None:  # outside the tree, so moved here: the student's device and (true-half) dtype
+            self.teacher.to(self.device, next(self.model.parameters()).dtype)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self.keeper is not None:
