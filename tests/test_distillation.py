@@ -211,3 +211,35 @@ def test_bad_teachers_are_named(tmp_path):
     with pytest.raises(ValueError, match=r"is a state dict, which does not say its model"):
         run(cfg_of(f"backbone={STUDENT}", f"teacher={path}", *TINY), tmp_path)
     assert not (tmp_path / "checkpoints").exists()
+
+
+# ---- DDP -------------------------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_a_teacher_and_compression_masks_under_two_ddp_processes_follow_one_process(tmp_path, teacher_ckpt):
+    """A distilled student retrained under compression masks: two gloo processes of 4 images follow the one-process
+    run of 8 (frozen BN; the teacher is in eval mode, so each image's soft targets do not depend on its batch), the
+    ranks end bit-identical, and every pruned weight is zero in the final checkpoint."""
+    from test_distributed import assert_same_trajectory, ddp, global_steps
+    from tiny_runs import run_driver
+
+    from backbones import compression as dc
+    from classification.compress import load_plan
+
+    torch.manual_seed(0)
+    start = backbones.create_model("mobilenet_v1_x0_25", num_classes=10, norm="frozen_bn")
+    masks = dc.prune(start, load_plan("mobilenet_v1"))
+    torch.save(start.state_dict(), tmp_path / "pruned.pth")
+    common = ["backbone=mobilenet_v1_x0_25", "backbone.norm=frozen_bn", "dataset.image_size=16", "dataset.shift=0",
+              "solver.lr=0.8", "epochs=1", "trainer.limit_train_batches=6", "dataset.val_batch_size=512",
+              f"teacher={teacher_ckpt}", "compression.plan=mobilenet_v1", f"pretrained={tmp_path / 'pruned.pth'}",
+              *QUIET]  # fmt: skip
+    run_driver([*common, "dataset.batch_size=8"], tmp_path / "one", task="classify")
+    run_driver([*common, "dataset.batch_size=4", *ddp()], tmp_path / "two", task="classify")
+    records = tmp_path / "two" / "records"
+    assert torch.equal(torch.load(records / "params_rank0.pt"), torch.load(records / "params_rank1.pt"))
+    assert_same_trajectory(global_steps(tmp_path / "one", 1), global_steps(tmp_path / "two", 2), rel=1e-5)
+    final = torch.load(tmp_path / "two" / "checkpoints" / "last.ckpt", weights_only=True)
+    state = final["state_dict"]
+    for name, mask in masks.items():
+        assert torch.count_nonzero(state[f"model.{name}"][~mask]) == 0, name
+    assert final["hyper_parameters"]["distill"]["teacher"] == str(teacher_ckpt)
