@@ -169,7 +169,7 @@ def retrain(
         *(["resume=true"] if resume else []),
     ]  # fmt: skip
     logger.info("retraining: %s", " ".join(cmd))
-    proc = subprocess.run(cmd, cwd=ROOT)
+    proc = subprocess.run(cmd)  # in the caller's folder: relative paths in the overrides mean what they meant here
     if proc.returncode != 0:
         raise RuntimeError(f"retraining failed (exit code {proc.returncode}): {' '.join(cmd)}")
     return run_dir / "checkpoints" / "last.ckpt"
@@ -222,7 +222,7 @@ def compress(
         one row per stage: ``stage``, ``top1`` (None without a dataset), ``nonzero`` parameters, ``bytes`` (files
         only) and ``file``.
     """
-    out = Path(out_dir)
+    out = Path(out_dir).absolute()  # the retraining run gets absolute paths
     for b in bits:
         check("bits", b, isinstance(b, int) and 1 <= b <= 16, "use integers from 1 to 16")
     load_plan(plan).targets(model)  # a bad plan or a pattern that matches nothing, before any work
