@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from .profile import count_macs, count_params
-from .registry import list_models, model_card
+from .registry import list_models, model_card, model_defaults
 
 
 @dataclass(frozen=True)
@@ -114,6 +114,9 @@ def backbone_conf(name: str) -> str:
     """The ``conf/backbone/<name>.yaml`` text of a registered model: its card's facts plus the per-run options
     (``pretrained``, ``norm``, ``frozen_stages``, ``options`` = extra ``create_model`` keywords) at their defaults."""
     card = model_card(name)
+    exposed = {k: v for k, v in model_defaults(name).items() if k in CONF_OPTIONS}
+    options = "{" + ", ".join(f"{k}: {v}" for k, v in exposed.items()) + "}"
+    options = options.ljust(13) if len(options) < 13 else options + "  "
 
     def floats(values) -> str:
         return "[" + ", ".join(repr(float(v)) for v in values) + "]"
@@ -129,10 +132,13 @@ def backbone_conf(name: str) -> str:
         "pretrained: false     # true: the timm/torchvision twin's weights (network); or a path to a state dict\n"
         "norm: bn              # bn | frozen_bn | sync_bn | gn\n"
         "frozen_stages: -1     # -1 none, 0 stem, k stem + k stages\n"
-        "options: {}           # more create_model options: +backbone.options.drop_path_rate=0.1 on the command line\n"
+        f"options: {options}# more create_model options: +backbone.options.drop_path_rate=0.1 on the command line\n"
     )
 
 
+#: registered defaults a backbone config shows under ``options``, so the command line overrides them without ``+``
+#: (``backbone=nasnet backbone.options.genotype=<run>/best.json``)
+CONF_OPTIONS = ("genotype",)
 #: keys of a ``conf/backbone/<name>.yaml`` (:func:`backbone_conf`): the card's facts, informational only ...
 BACKBONE_CONF_INFO = ("family", "detection_ready", "input_size", "mean", "std")
 #: ... and the per-run settings that become ``create_model`` options

@@ -835,3 +835,72 @@ register_model(
         "separable=False) 42,559,392 / 5.646 G. Neither is the paper's 21.3 M (38.0 M 'more channels').",
     ),
 )
+
+
+# ---- searched cells (issue 16): any genotype -- registered name, genotype .json file, Genotype -- as "N @ F" ---------
+def nasnet(
+    genotype: str | Genotype = "nasnet_a",
+    num_cells: int | tuple[int, int, int] = 4,
+    penultimate_filters: int | None = None,
+    stem: str = "imagenet",
+    stem_multiplier: float | None = None,
+    skip_reduction_layer_input: bool = False,
+    num_classes: int | None = None,
+    in_chans: int = 3,
+    drop_rate: float | None = None,
+    drop_path_rate: float = 0.0,
+    aux_head: bool = False,
+    input_size: int | None = None,
+    bn_eps: float | None = None,
+    bn_momentum: float | None = None,
+    reference_padding: bool = False,
+) -> NASNet:
+    """A NASNet of any cells: ``genotype`` is a name of ``genotypes.GENOTYPES``, a genotype file (``tools/search.py``
+    writes ``best.json``) or a :class:`Genotype`. Unset options take NASNet-A Mobile's choices (Table 3): 4 cells
+    per stage, F0 = 44 per concatenated state (``penultimate_filters`` = 4 x 44 x the normal cell's output width;
+    1056 for NASNet-A), stem x1; with ``stem="cifar"`` TF-slim's CIFAR config, F0 = 32 (6 @ 768, Table 1)."""
+    from .space import resolve_genotype
+
+    g = resolve_genotype(genotype)
+    if stem not in _STEM_DEFAULTS:
+        raise ValueError(f"stem={stem!r} is not valid; choose one of {', '.join(_STEM_DEFAULTS)}")
+    d = {**_STEM_DEFAULTS[stem], **({"stem_multiplier": 1.0} if stem == "imagenet" else {})}
+    given = dict(stem_multiplier=stem_multiplier, drop_rate=drop_rate, input_size=input_size, bn_eps=bn_eps,
+                 bn_momentum=bn_momentum)  # fmt: skip
+    d.update({k: v for k, v in given.items() if v is not None})
+    width = output_width(g.normal)
+    enas_stem = stem == "imagenet" and g.conventions == "enas"  # its identity reductions split stem cell 0's F0 / 4
+    if penultimate_filters is None:
+        penultimate_filters = 4 * (48 if enas_stem else 44 if stem == "imagenet" else 32) * width
+    if enas_stem and penultimate_filters % (4 * width) == 0 and penultimate_filters // (4 * width) % 8:
+        raise ValueError(
+            f"penultimate_filters={penultimate_filters} gives F0={penultimate_filters // (4 * width)}; a genotype with "
+            f"ENAS conventions on the ImageNet stem needs F0 to be a multiple of 8 (stem cell 0 is F0 / 4 wide and "
+            f"its factorized reductions halve that); e.g. penultimate_filters={4 * 48 * width}"
+        )
+    classes = num_classes if num_classes is not None else (1000 if stem == "imagenet" else 10)
+    return NASNet(g, num_cells, penultimate_filters, stem, skip_reduction_layer_input=skip_reduction_layer_input,
+                  num_classes=classes, in_chans=in_chans, drop_path_rate=drop_path_rate, aux_head=aux_head,
+                  reference_padding=reference_padding, **d)  # fmt: skip
+
+
+register_model(
+    "nasnet",
+    nasnet,
+    ModelCard(
+        family="nas",
+        paper=_NASNET,
+        table="Table 3 at the defaults (genotype nasnet_a, 4 @ 1056 = nasnet_a_mobile's counts, arch_reference.md "
+        "8.5); other genotypes / N @ F are searched cells' networks (docs/search.md)",
+        params=5_289_978,
+        macs=563_638_816,
+        input_size=224,
+        top1=74.0,
+        mean=INCEPTION_MEAN,
+        std=INCEPTION_STD,
+        macs_reference_padding=True,
+        notes="genotype= a registered genotype, a genotype .json file (tools/search.py's best.json) or a Genotype; "
+        "num_cells / penultimate_filters / stem scale it (the paper's N @ F). The card's figures are the defaults'.",
+    ),
+    genotype="nasnet_a",
+)

@@ -39,6 +39,12 @@ from .data import SearchData, accuracy, translate
 logger = logging.getLogger(__name__)
 
 STRATEGIES = ("random", "rl", "enas")
+STRATEGY_KEYS = {
+    "random": ("children",),
+    "rl": ("children", "batch_size", "controller", "policy"),
+    "enas": ("epochs", "shared_optimizer", "shared_schedule", "controller", "policy", "controller_steps",
+             "num_aggregate", "reward_batch", "derive_samples"),
+}  # fmt: skip
 CHILD_KEYS = ("num_cells", "channels", "stem_multiplier", "drop_path_rate", "steps", "optimizer", "schedule")
 POLICY_KEYS = ("algorithm", "optimizer", "entropy_weight", "entropy_mode", "baseline_decay", "baseline_init",
                "baseline_first", "ppo_epochs", "ppo_clip")  # fmt: skip
@@ -69,7 +75,7 @@ class StepContext:
     world_size: int = 1
 
 
-def _mix(*ints: int) -> int:
+def mix_seed(*ints: int) -> int:
     """A 63-bit seed from several ints (per-child, per-step seeds that do not collide for small inputs)."""
     h = 0x9E3779B97F4A7C15
     for i in ints:
@@ -149,7 +155,7 @@ def train_from_scratch(genotype, data: SearchData, child_cfg: Mapping[str, Any],
     """Train a child for the budget of ``child_cfg`` on ``data.train`` and return its ``data.test`` accuracy."""
     child = ChildTrainer(genotype, data, child_cfg, seed, device)
     data = data.to(device)
-    g = torch.Generator().manual_seed(_mix(seed, 1))
+    g = torch.Generator().manual_seed(mix_seed(seed, 1))
     n = len(data.train_y)
     order = torch.empty(0, dtype=torch.long)
     while not child.done:
@@ -157,7 +163,7 @@ def train_from_scratch(genotype, data: SearchData, child_cfg: Mapping[str, Any],
             order = torch.randperm(n, generator=g)
         idx, order = order[: data.batch_size].to(data.train_x.device), order[data.batch_size :]
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(_mix(seed, 2, child.done_steps))
+            torch.manual_seed(mix_seed(seed, 2, child.done_steps))
             child.train_step(translate(data.train_x[idx], data.shift, g), data.train_y[idx])
     return child.evaluate(data.test_x, data.test_y)
 
@@ -228,6 +234,7 @@ class SearchStrategy(nn.Module):
     batch), ``derive`` (ENAS: scored on the whole held-out split). The result ranks :attr:`ranked_phase` records.
     """
 
+    name = ""
     ranked_phase = "child"
 
     def __init__(self, space: SearchSpace, data: SearchData, cfg: Mapping[str, Any], child_cfg: Mapping[str, Any],
@@ -235,7 +242,7 @@ class SearchStrategy(nn.Module):
         super().__init__()
         self.space, self.data, self.cfg, self.child_cfg, self.seed = space, data, dict(cfg), dict(child_cfg), seed
         self.records: list[dict[str, Any]] = []
-        self.gen = torch.Generator().manual_seed(_mix(seed, 11))
+        self.gen = torch.Generator().manual_seed(mix_seed(seed, 11))
         self._device_data: SearchData | None = None
 
     def device_data(self, device: torch.device) -> SearchData:
@@ -282,6 +289,8 @@ class SearchStrategy(nn.Module):
 class RandomSearch(SearchStrategy):
     """Children drawn uniformly, each trained ``child.steps`` batches from scratch and scored on ``val``."""
 
+    name = "random"
+
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.children_total = int(self.cfg.get("children", 8))
@@ -302,7 +311,7 @@ class RandomSearch(SearchStrategy):
         n = sum(r["phase"] == "child" for r in self.records)
         geno = self.space.decode(decisions, f"child{n}")
         self.child_decisions = decisions
-        self.child = ChildTrainer(geno, self.data, self.child_cfg, _mix(self.seed, 3, n), device)
+        self.child = ChildTrainer(geno, self.data, self.child_cfg, mix_seed(self.seed, 3, n), device)
 
     def training_step(self, x: Tensor, y: Tensor, ctx: StepContext) -> dict[str, float]:
         data = self.device_data(x.device)
@@ -312,7 +321,7 @@ class RandomSearch(SearchStrategy):
             self._restored_child = None
         if self.child is None:
             self._start_child(self.next_decisions(ctx.global_step), x.device)
-        g = torch.Generator().manual_seed(_mix(self.seed, 4, ctx.global_step))
+        g = torch.Generator().manual_seed(mix_seed(self.seed, 4, ctx.global_step))
         out = {"child_loss": self.child.train_step(translate(x, data.shift, g), y, ctx.check)}
         if self.child.done:
             reward = self.child.evaluate(data.val_x, data.val_y)
@@ -337,6 +346,8 @@ class RandomSearch(SearchStrategy):
 
 class RLSearch(RandomSearch):
     """Children sampled by the NASNet controller in batches of ``batch_size``; one policy update per scored batch."""
+
+    name = "rl"
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -381,6 +392,7 @@ class RLSearch(RandomSearch):
 class EnasSearch(SearchStrategy):
     """ENAS: shared weights trained with the sampled child of each batch; the controller at each epoch's end."""
 
+    name = "enas"
     ranked_phase = "derive"
 
     def __init__(self, *args, **kwargs) -> None:
@@ -421,7 +433,7 @@ class EnasSearch(SearchStrategy):
         self.record("train", ctx.global_step, decisions, None)
         self.supernet.train()
         self.supernet.drop_path_progress = min(1.0, ctx.global_step / max(1, self._total))
-        g = torch.Generator().manual_seed(_mix(self.seed, 5, ctx.global_step))
+        g = torch.Generator().manual_seed(mix_seed(self.seed, 5, ctx.global_step))
         loss = F.cross_entropy(self.supernet(translate(x, data.shift, g), geno), y)
         ctx.check(loss, "shared-weight loss")
         for p in self.supernet.parameters():  # ENAS: every shared weight is in the l2 term (and momentum) each step
@@ -431,7 +443,7 @@ class EnasSearch(SearchStrategy):
         ctx.backward(loss)
         self.shared_opt.step()
         self.shared_sched.step()
-        out = {"shared_loss": float(loss)}
+        out = {"shared_loss": float(loss.detach())}
         if ctx.last_batch:
             out.update(self._train_controller(ctx, data))
         if ctx.last_step:
@@ -447,7 +459,7 @@ class EnasSearch(SearchStrategy):
             samples, rewards = [], []
             for k in range(int(self.cfg.get("num_aggregate", 5))):
                 s = self.controller.sample(self.gen)
-                g = torch.Generator().manual_seed(_mix(self.seed, 6, ctx.epoch, t, k))
+                g = torch.Generator().manual_seed(mix_seed(self.seed, 6, ctx.epoch, t, k))
                 idx = torch.randperm(len(data.val_y), generator=g)[:batch].to(data.val_x.device)
                 with torch.no_grad():
                     reward = self._reward(self.space.decode(s.decisions), data.val_x[idx], data.val_y[idx])
@@ -473,5 +485,6 @@ def build_strategy(
 ) -> SearchStrategy:
     """The strategy ``name`` (:data:`STRATEGIES`) over ``space``."""
     check_choice("search.strategy.name", name, STRATEGIES)
+    check_keys(cfg, STRATEGY_KEYS[name], "search.strategy")
     cls = {"random": RandomSearch, "rl": RLSearch, "enas": EnasSearch}[name]
     return cls(space, data, cfg, child_cfg, seed)
