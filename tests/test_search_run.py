@@ -87,6 +87,18 @@ def test_crashed_search_resumes_with_the_same_samples_and_rewards(strategy, cras
     assert _records(tmp_path / "run") == _records(tmp_path / "reference")
 
 
+def test_benchmark_compares_the_best_cell_with_random_ones(tmp_path):
+    from classification.search.benchmark import compare_with_random
+
+    cfg = compose_cfg([*TINY, *RANDOM, "benchmark.seeds=[0]", "benchmark.random_cells=2"], "search")
+    report = compare_with_random(cfg, tmp_path)
+    (row,) = report["seeds"]
+    assert len(row["random"]) == len(row["random_second_init"]) == 2 and 0 <= row["best"] <= 1
+    assert report["summary"]["mean_gain"] == row["best"] - row["random_median"]
+    assert json.loads((tmp_path / "benchmark.json").read_text()) == report
+    assert (tmp_path / "seed0" / "best.json").is_file()
+
+
 def test_bad_configuration_is_named(tmp_path):
     with pytest.raises(ValueError, match="search/strategy|unknown key search.strategy.epoch.*did you mean 'epochs'"):
         run(compose_cfg([*TINY, "+search.strategy.epoch=3"], "search"), tmp_path)

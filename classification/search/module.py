@@ -94,7 +94,7 @@ class SearchModule(L.LightningModule):
         ctx = StepContext(
             global_step=step, epoch=self.current_epoch, batch_idx=batch_idx,
             last_batch=batch_idx == self.trainer.num_training_batches - 1, last_step=step == self.total_steps - 1,
-            backward=self.manual_backward, check=check_loss, log=self._log, rank=self.global_rank,
+            backward=self.manual_backward, check=check_loss, rank=self.global_rank,
             world_size=self.trainer.world_size,
         )  # fmt: skip
         out = self.search.training_step(x, y, ctx)

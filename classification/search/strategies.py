@@ -59,7 +59,6 @@ class StepContext:
         last_batch: the last batch of an epoch; ``last_step``: of the whole search.
         backward: backpropagate a loss of the module's own parameters (the loop's, synchronised across processes).
         check: raise if a loss is not finite (before its backward).
-        log: record a metric for the loggers / progress bar.
         rank, world_size: this process among the search's.
     """
 
@@ -70,7 +69,6 @@ class StepContext:
     last_step: bool
     backward: Callable[[Tensor], None]
     check: Callable[[Tensor, str], None]
-    log: Callable[[str, float], None]
     rank: int = 0
     world_size: int = 1
 
@@ -407,6 +405,7 @@ class EnasSearch(SearchStrategy):
         self.epochs = int(self.cfg.get("epochs", 10))
         self.policy: PolicyTrainer | None = None
         self.shared_opt = self.shared_sched = None
+        self._total = 1  # the run's length, for the drop-path schedule (set with the optimisers)
 
     def total_steps(self, steps_per_epoch: int) -> int:
         return self.epochs * steps_per_epoch
@@ -449,8 +448,6 @@ class EnasSearch(SearchStrategy):
         if ctx.last_step:
             out.update(self._derive(ctx, data))
         return out
-
-    _total = 1
 
     def _train_controller(self, ctx: StepContext, data: SearchData) -> dict[str, float]:
         stats: dict[str, float] = {}
