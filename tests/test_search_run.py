@@ -141,6 +141,19 @@ def test_sigkilled_search_resumes_with_the_same_sampled_sequence(tmp_path):
 
 
 @pytest.mark.slow
+def test_enas_search_on_two_ddp_processes(tmp_path):
+    """Two gloo processes: the shared weights train data-parallel, the controller phase runs on both ranks alike, and
+    rank 0 writes the run's files."""
+    cmd = [sys.executable, str(ROOT / "tools" / "search.py"), *TINY, *ENAS, EVERY_2, "trainer.devices=2", "trainer.strategy=ddp",
+           f"hydra.run.dir={tmp_path}"]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=child_env(), timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = _records(tmp_path)
+    assert sum(r["phase"] == "derive" for r in records) == 3 and (tmp_path / "best.json").is_file()
+    assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 2 * 3  # 2 epochs
+
+
+@pytest.mark.slow
 def test_searched_cell_trains_a_faster_rcnn_through_train_net(tmp_path):
     run(compose_cfg([*TINY, *RANDOM], "search"), tmp_path / "search")
     genotype = tmp_path / "search" / "best.json"
