@@ -31,7 +31,6 @@ from backbones.atomic import write_json_atomic
 from backbones.compression import CompressionPlan, MaskKeeper, prune
 from training.checkpoint import META_KEY, check_checkpoint, inspect_checkpoint
 from training.config import backbone_spec, plain
-from training.lock import run_dir_lock
 from training.optim import Solver, configure_optimizers
 from training.resumable import ResumableTrainData
 from training.schema import ConfigError, prefixed
@@ -40,10 +39,10 @@ from training.trainer import (
     NoImagesError,
     build_trainer,
     check_finite_loss,
-    check_resume,
     count_batch,
     empty_batch_loss,
     fit,
+    locked_run,
 )
 
 from .config import ClassificationRun, _expected, _normalization, check_compression, check_config, check_recipe
@@ -388,10 +387,8 @@ def run(cfg: Any, output_dir: str | os.PathLike, **trainer_overrides: Any) -> di
     c = plain(cfg)
     run_keys = check_config(c)
     output_dir = os.fspath(output_dir)
-    with run_dir_lock(output_dir):
-        if not run_keys.eval_only:
-            check_resume(run_keys.resume, output_dir, _expected(c), ClassificationModule.weights_key)
-        return _run(c, run_keys, output_dir, trainer_overrides)
+    body = lambda: _run(c, run_keys, output_dir, trainer_overrides)  # noqa: E731
+    return locked_run(output_dir, run_keys, _expected(c), ClassificationModule.weights_key, body)
 
 
 def _run(c: dict[str, Any], run_keys: ClassificationRun, output_dir: str, trainer_overrides: dict) -> dict[str, float]:

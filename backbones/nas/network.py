@@ -427,30 +427,12 @@ def nasnet_a(
     reference: str | None = None,
 ) -> NASNet:
     """NASNet-A "N @ F" with an ImageNet or CIFAR stem; options left None take the TF-slim config of that stem
-    (``num_classes``: 1000 ImageNet, 10 CIFAR)."""
-    check_choice("stem", stem, _STEM_DEFAULTS)
-    given = dict(
-        stem_multiplier=stem_multiplier,
-        drop_rate=drop_rate,
-        input_size=input_size,
-        bn_eps=bn_eps,
-        bn_momentum=bn_momentum,
-    )
-    config = {**_STEM_DEFAULTS[stem], **{k: v for k, v in given.items() if v is not None}}
-    return NASNet(
-        "nasnet_a",
-        num_cells=num_cells,
-        penultimate_filters=penultimate_filters,
-        stem=stem,
-        skip_reduction_layer_input=skip_reduction_layer_input,
-        num_classes=num_classes if num_classes is not None else (1000 if stem == "imagenet" else 10),
-        in_chans=in_chans,
-        drop_path_rate=drop_path_rate,
-        aux_head=aux_head,
-        reference_padding=reference_padding,
-        **config,
-        reference=reference,
-    )
+    (``num_classes``: 1000 ImageNet, 10 CIFAR; ``stem_multiplier`` 3 for both, as TF-slim's large and CIFAR
+    configs). :func:`nasnet` with the NASNet-A cells."""
+    options = dict(locals())  # every argument above, passed on
+    if stem_multiplier is None:
+        options["stem_multiplier"] = 3.0
+    return nasnet("nasnet_a", **options)
 
 
 # ---- builder: any genotype (a registered name, a genotype .json file, a Genotype) as "N @ F" (issue 16) -------------
