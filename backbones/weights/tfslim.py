@@ -4,7 +4,8 @@ Accepted as published (a ``.tgz`` / ``.tar.gz``, extracted next to it on first u
 as the checkpoint prefix. Variable names (TF-slim ``nets/mobilenet_v1.py``): ``MobilenetV1/Conv2d_0/weights``,
 ``MobilenetV1/Conv2d_<i>_depthwise/depthwise_weights``, ``MobilenetV1/Conv2d_<i>_pointwise/weights``, each with
 ``.../BatchNorm/{gamma,beta,moving_mean,moving_variance}`` (``gamma`` absent where the checkpoint was trained with
-``scale=False``: 1), and ``MobilenetV1/Logits/Conv2d_1c_1x1/{weights,biases}`` (1001 classes).
+``scale=False``: 1), and ``MobilenetV1/Logits/Conv2d_1c_1x1/{weights,biases}`` (1001 classes). NASNet-A and PNASNet-5 checkpoints are
+mapped in ``tfslim_nasnet.py``.
 """
 
 from __future__ import annotations
@@ -82,10 +83,14 @@ class Reader:
 
     def to_state_dict(self, model: nn.Module) -> dict[str, Tensor]:
         family = model.card.family
+        if family == "nas":
+            from .tfslim_nasnet import nasnet_to_state_dict
+
+            return nasnet_to_state_dict(model, self.variables())
         if family != "mobilenet":
-            raise NotImplementedError(
-                f"TF-slim checkpoints are mapped for MobileNet v1 only so far; for {model.model_name!r} use the "
-                f"Cadene or Keras port of the same checkpoint (pretrained='cadene' / 'keras')"
+            raise CheckpointMismatchError(
+                f"TF-slim checkpoints are mapped for MobileNet v1, NASNet-A and PNASNet-5; {model.model_name!r} is a "
+                f"{family} model"
             )
         return _mobilenet(model, self.variables())
 
