@@ -201,7 +201,10 @@ def load_planned(model: nn.Module, plan: Plan, strict: bool = True) -> None:
     Raises:
         CheckpointMismatchError: naming the detected source and the missing, unexpected and mis-shaped keys.
     """
-    state = plan.convert(model)
+    try:
+        state = plan.convert(model)
+    except CheckpointMismatchError as e:  # a converter that sees the file is another network: say which file
+        raise CheckpointMismatchError(f"{plan.described}: {e}") from e
     own = model.state_dict()
     for k, v in own.items():
         if k.endswith("num_batches_tracked") and k not in state:

@@ -176,6 +176,20 @@ def nasnet_to_state_dict(model: nn.Module, variables: dict[str, np.ndarray]) -> 
             f"TF-slim NASNet checkpoints hold NASNet-A or PNASNet-5 networks; {model.model_name!r} is "
             f"{genotype or 'neither'}"
         )
+    if not any(n.startswith("cell_stem_") for n in variables):
+        raise CheckpointMismatchError(
+            f"the TF-slim checkpoint is no NASNet-A / PNASNet-5 network (no cell_stem_* variables; it holds "
+            f"{', '.join(sorted(variables)[:3])}, ...)"
+        )
+    # NASNet-A checkpoints name their reductions reduction_cell_<r>; PNASNet-5 numbers every cell cell_<i>
+    pnasnet = not any(n.startswith("reduction_cell_") for n in variables)
+    if pnasnet != (genotype == "pnasnet5"):
+        held, fits = ("PNASNet-5", "pnasnet5_large") if pnasnet else ("NASNet-A", "nasnet_a_mobile / nasnet_a_large")
+        raise CheckpointMismatchError(
+            f"the TF-slim checkpoint holds a {held} network (its cells are "
+            f"{'cell_<i> only' if pnasnet else 'cell_<i> and reduction_cell_<r>'}), not {model.model_name!r}'s "
+            f"{genotype}; load it into {fits}"
+        )
     plan, skipped = targets(model, variables)
     if skipped:
         logger.info("TF-slim checkpoint: not loading %d training-only variables (%s, ...)", len(skipped), skipped[0])
