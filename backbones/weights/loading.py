@@ -84,7 +84,7 @@ def plan_pretrained(name: str, pretrained: bool | str | os.PathLike, options: di
             )
         return _plan_source(name, card.source(card.default_source), options)
     path = os.fspath(pretrained)
-    if not os.path.exists(path):
+    if not os.path.exists(path) and not os.path.isfile(path + ".index"):  # a TF checkpoint prefix names no file
         names = [s.name for s in card.sources]
         if path in names:
             return _plan_source(name, card.source(path), options)
