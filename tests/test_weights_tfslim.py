@@ -1,8 +1,10 @@
-"""TF-slim checkpoints (needs tensorflow, the ``tf`` extra): a checkpoint with TF-slim's variable names
-(``research/slim/nets/mobilenet_v1.py``: ``MobilenetV1/Conv2d_<i>_{depthwise,pointwise}/...``, BatchNorm with
-gamma/beta/moving statistics, the 1001-class ``Logits/Conv2d_1c_1x1``), packed as the published tarballs are, loads
-with ``pretrained=<tarball>`` and gives the outputs of Keras' MobileNet with the same weights (Keras' MobileNet is
-TF-slim's network; the Keras oracle is tests/keras_oracle.py). Slow: TensorFlow takes long to import."""
+"""TF-slim checkpoints written by TensorFlow (these tests need it as writer and oracle; loading does not): a checkpoint
+with TF-slim's variable names (``research/slim/nets/mobilenet_v1.py``: ``MobilenetV1/Conv2d_<i>_{depthwise,pointwise}
+/...``, BatchNorm with gamma/beta/moving statistics, the 1001-class ``Logits/Conv2d_1c_1x1``), packed as the published
+tarballs are, loads with ``pretrained=<tarball>`` and gives the outputs of Keras' MobileNet with the same weights
+(Keras' MobileNet is TF-slim's network; the Keras oracle is tests/keras_oracle.py); the TensorFlow-free checkpoint
+reader reads what TensorFlow reads. NASNet-A / PNASNet-5: tests/test_weights_tfslim_nasnet.py. Slow: TensorFlow takes
+long to import."""
 
 from __future__ import annotations
 
