@@ -184,3 +184,20 @@ def test_tfslim_nasnet_wrong_network_named(tmp_path):
     assert "load it into pnasnet5_large" in msg
     with pytest.raises(CheckpointMismatchError, match=r"detected: a TF-slim checkpoint.*no MobileNet v1"):
         backbones.create_model("mobilenet_v1_x0_25", pretrained=tarball(tmp_path, "nasnet-a_mobile_tiny"))
+
+
+def test_tfslim_source_from_the_hub_cache(tmp_path, monkeypatch):
+    """pretrained="tf-slim": the card's published tarball, found in torch.hub's cache under its published file name
+    (pre-filled here with the fixture; CI has no network), extracted next to itself and loaded in reference="tf"."""
+    source = backbones.model_card("nasnet_a_mobile").source("tf-slim")
+    assert source.filename == "nasnet-a_mobile_04_10_2017.tar.gz" and source.num_classes == 1001
+    monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path / "hub"))
+    monkeypatch.setattr(torch.hub, "download_url_to_file", lambda *a, **k: pytest.fail("nothing to download"))
+    (tmp_path / "hub" / "checkpoints").mkdir(parents=True)
+    shutil.copy(DATA / "nasnet-a_mobile_tiny.tar.gz", tmp_path / "hub" / "checkpoints" / source.filename)
+    name, opts, _ = FIXTURES["nasnet-a_mobile_tiny"]
+    x, ref = oracle("nasnet-a_mobile_tiny")
+    model = backbones.create_model(name, pretrained="tf-slim", input_size=100, **opts).eval()
+    assert model.reference == "tf"
+    with torch.no_grad():
+        assert rel_err(model(x), ref["logits"][:, 1:]) <= TOL
