@@ -10,6 +10,7 @@ inference graph computed on an 8-bit image. ``pretrained=<tarball>`` must recogn
 from __future__ import annotations
 
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,7 @@ from torch import nn
 
 import backbones
 from backbones.weights import CheckpointMismatchError
-from backbones.weights.tf_checkpoint import _block, _entries
+from backbones.weights.tf_checkpoint import _block, _entries, _varint
 
 DATA = Path(__file__).parent / "data" / "tfslim"
 # fixture -> (model, our options for TF-slim's small config, classes TF-slim built it with)
@@ -201,3 +202,20 @@ def test_tfslim_source_from_the_hub_cache(tmp_path, monkeypatch):
     assert model.reference == "tf"
     with torch.no_grad():
         assert rel_err(model(x), ref["logits"][:, 1:]) <= TOL
+
+
+def test_tfslim_without_tensorflow(tmp_path, monkeypatch):
+    """No TensorFlow needed to load (the fixtures above load without it too); a checkpoint using what the reader does
+    not implement (here its table block marked snappy-compressed) needs TensorFlow, and the error names the extra."""
+    monkeypatch.setitem(sys.modules, "tensorflow", None)
+    name, opts, _ = FIXTURES["nasnet-a_mobile_tiny"]
+    backbones.create_model(name, pretrained=tarball(tmp_path, "nasnet-a_mobile_tiny"), input_size=100, **opts)
+    index = extracted(tmp_path, "nasnet-a_mobile_tiny") / "model.ckpt.index"
+    data = bytearray(index.read_bytes())
+    footer = bytes(data[-48:])
+    handle = footer[_skip_handle(footer) :]
+    offset, size = _varint(handle, 0)[0], _varint(handle, _varint(handle, 0)[1])[0]
+    data[offset + size] = 1  # the index block's compression type: 1 = snappy
+    index.write_bytes(bytes(data))
+    with pytest.raises(ModuleNotFoundError, match=r"compressed table block.*cnn-backbones\[tf\]"):
+        backbones.create_model(name, pretrained=str(index.parent), input_size=100, **opts)
