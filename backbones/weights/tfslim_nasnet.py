@@ -192,7 +192,12 @@ def nasnet_to_state_dict(model: nn.Module, variables: dict[str, np.ndarray]) -> 
         )
     plan, skipped = targets(model, variables)
     if skipped:
-        logger.info("TF-slim checkpoint: not loading %d training-only variables (%s, ...)", len(skipped), skipped[0])
+        logger.info(
+            "TF-slim checkpoint: not loading %d variables (training state; the aux head when the model has none): "
+            "%s, ...",
+            len(skipped),
+            skipped[0],
+        )
     out = {t.key: _t(variables[n] if t.perm is None else variables[n].transpose(t.perm)) for n, t in plan.items()}
     num = getattr(model, "num_classes", 0)
     for k in ("aux_head.fc.weight", "aux_head.fc.bias"):
