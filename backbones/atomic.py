@@ -18,7 +18,7 @@ import glob
 import json
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import IO, Any
 
 logger = logging.getLogger(__name__)
@@ -33,7 +33,7 @@ def remove_stale_temporaries(path: str | os.PathLike) -> None:
     """Delete ``<path>.tmp<pid>`` files left by writers killed mid-write (no process with that pid runs any more)."""
     path = os.fspath(path)
     for tmp in glob.glob(glob.escape(path) + ".tmp*"):
-        pid = tmp[len(path) + 4 :]
+        pid = tmp[len(path) + 4 :].split(".")[0]  # <path>.tmp<pid> or, staged, <path>.tmp<pid><suffix>
         if not pid.isdigit() or int(pid) == os.getpid():
             continue
         try:
@@ -124,6 +124,23 @@ def move_into_place(tmp: str | os.PathLike, path: str | os.PathLike, sync: bool 
     os.replace(tmp, path)
     if sync:
         _fsync_dir(os.path.dirname(os.fspath(path)) or ".")
+
+
+@contextlib.contextmanager
+def staged_file(path: str | os.PathLike) -> Iterator[str]:
+    """For writers that only take a file name (ONNX, TorchScript, ExportedProgram): a temporary name beside ``path``
+    (``<path>.tmp<pid><suffix>``, the suffix kept for writers that read it), moved onto ``path`` when the block
+    succeeds and deleted when it raises, so ``path`` never holds a half-written or rejected file."""
+    path = os.fspath(path)
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    remove_stale_temporaries(path)
+    tmp = temporary_path(path) + os.path.splitext(path)[1]
+    try:
+        yield tmp
+        move_into_place(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:

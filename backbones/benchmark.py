@@ -238,6 +238,26 @@ def cpu_peak_mb(name: str, impl: str, mode: str, batch_size: int, input_size: in
     return float(out.stdout.strip().splitlines()[-1])
 
 
+def layout_note(channels_last: bool) -> str:
+    """What memory layout each side of a twin comparison runs in (printed with every run)."""
+    if channels_last:
+        return "ours and twin channels-last (--channels-last)"
+    return (
+        "ours channels-last parameters (the create_model default), twin contiguous (its default); "
+        "--channels-last puts both in channels-last, --option channels_last=False keeps ours contiguous"
+    )
+
+
+def add_cpu_peak_mb(results: list, name: str, options: dict) -> None:
+    """Fill ``peak_mb`` of each row of ``compare(name, ...)`` with :func:`cpu_peak_mb` (``options`` are ours)."""
+    for r in results:
+        ours = r.impl.startswith("ours")
+        model = r.model if ours else name
+        r.peak_mb = cpu_peak_mb(
+            model, "ours" if ours else r.impl, r.mode, r.batch_size, r.input_size, **(options if ours else {})
+        )
+
+
 def cuda_peak_mb(fn: Callable[[], None], device: torch.device) -> float:
     torch.cuda.reset_peak_memory_stats(device)
     base = torch.cuda.memory_allocated(device)

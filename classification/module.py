@@ -7,15 +7,17 @@ gradient clipping, atomic checkpoints, loggers, progress bar).
 Evaluation reports top-1 and top-5 on the val split, with the EMA weights when the recipe keeps an average; every
 rank's per-image results are gathered and de-duplicated by dataset index, so each val image counts exactly once
 even when a distributed sampler pads the last batch with repeats.
+
+Two options change training: ``teacher=`` distils a trained classifier into the student (:class:`Teacher`, the loss
+in :func:`classification.recipes.classification_loss`), and ``compression.plan=`` prunes the weights to a Deep
+Compression plan and retrains them with the pruned ones held at zero (:class:`backbones.compression.MaskKeeper`;
+the masks are saved in every checkpoint, so a resumed run keeps them).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,150 +28,32 @@ from torch.utils.data import BatchSampler, DataLoader, DistributedSampler
 
 import backbones
 from backbones.atomic import write_json_atomic
+from backbones.compression import CompressionPlan, MaskKeeper, prune
 from training.checkpoint import META_KEY, check_checkpoint, inspect_checkpoint
-from training.config import RunKeys, backbone_config, backbone_spec, check_run_config, plain
-from training.lock import run_dir_lock
+from training.config import backbone_spec, plain
 from training.optim import Solver, configure_optimizers
 from training.resumable import ResumableTrainData
-from training.schema import ConfigError, key, parse, prefixed, schema_keys
+from training.schema import ConfigError, prefixed
 from training.signals import worker_init
 from training.trainer import (
     NoImagesError,
     build_trainer,
     check_finite_loss,
-    check_resume,
     count_batch,
     empty_batch_loss,
     fit,
+    locked_run,
 )
 
+from .config import ClassificationRun, _expected, _normalization, check_compression, check_config, check_recipe
 from .data import (
-    BAD_IMAGE_POLICIES,
-    CLASSIFICATION_DATASETS,
     ClassificationData,
     build_datasets,
     collate_skip_bad,
-    eval_transform,
-    train_transform,
 )
-from .recipes import ModelEma, classification_loss, update_drop_path
+from .recipes import ModelEma, Teacher, build_teacher, classification_loss, update_drop_path
 
 logger = logging.getLogger(__name__)
-
-
-# ---- the config's schemas (training.schema), checked before any work ----------------------------------------------
-@dataclass(frozen=True)
-class ClassificationRun(RunKeys):
-    """The top-level keys of ``conf/classify.yaml`` (its groups have schemas of their own)."""
-
-    epochs: int | None = key(None, ge=1, doc="null: trainer.max_epochs, else the dataset's epochs, else solver.epochs")
-    pretrained: bool | str | None = None
-    eval_raw: bool = False
-    cpu_threads: int | None = key(1, ge=1, doc="torch threads of a CPU run; null = torch's choice")
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.eval_only and not self.checkpoint and not self.pretrained:
-            raise ConfigError(
-                "eval_only=true with neither checkpoint nor pretrained would evaluate random weights: set "
-                "checkpoint=<a training checkpoint .ckpt> or pretrained=<a weights file or a published source>"
-            )
-        if self.checkpoint and not self.eval_only:
-            raise ConfigError(
-                f"checkpoint={self.checkpoint!r} is read by eval_only=true only: to continue that training run use "
-                f"resume={self.checkpoint}, to start a new one from its weights pretrained=<a state dict file>"
-            )
-
-
-@dataclass(frozen=True)
-class Recipe:
-    """A ``conf/recipe/*.yaml``: the loss and regularisation of a paper's recipe (its solver is ``conf/solver``)."""
-
-    name: str = "custom"
-    source: str | None = ""
-    label_smoothing: float = key(0.0, ge=0, lt=1)
-    aux_weight: float = key(0.0, ge=0, doc="weight of the auxiliary head's loss")
-    ema_decay: float | None = key(None, ge=0, lt=1, doc="weight EMA; null or 0 = none")
-    ema_warmup: bool = True
-    cutout: int | None = key(0, ge=0, doc="side of the cutout square; 0 = none")
-    model: dict | None = None
-
-
-_MEAN_STD = {"valid": "three numbers, one per RGB channel", "doc": "null = backbone.mean / backbone.std"}
-
-
-@dataclass(frozen=True)
-class _ClassificationDataset:
-    task: str
-    name: str
-    image_size: int | None = key(None, ge=1)
-    mean: tuple[float, float, float] | None = key(None, **_MEAN_STD)
-    std: tuple[float, float, float] | None = key(None, gt=0, **_MEAN_STD)
-    batch_size: int = key(64, ge=1, doc="images per device")
-    val_batch_size: int | None = key(None, ge=1, doc="null = batch_size")
-    num_workers: int = key(0, ge=0, doc="loader processes; 0 = in the main process")
-    epochs: int | None = key(None, ge=1, doc="this dataset's run length; null = the solver's")
-
-
-@dataclass(frozen=True)
-class DigitsDataset(_ClassificationDataset):
-    """``dataset=digits``. ``image_size`` (>= 8) and ``val_fraction`` are checked by the data layer when it builds
-    the set (under the keys' full names), the first work of a run (well under a second)."""
-
-    val_fraction: float = 0.2
-    split_seed: int = key(0, ge=0)
-    shift: int = key(2, ge=0, doc="random translation in pixels")
-
-
-@dataclass(frozen=True)
-class ImageFolderDataset(_ClassificationDataset):
-    """``dataset=imagefolder``. ``crop_pct`` and ``interpolation`` are the data layer's checks (its transforms),
-    run here under the keys' full names."""
-
-    root: str | None = None
-    train_dir: str = "train"
-    val_dir: str = "val"
-    crop_pct: float | None = None
-    scale: tuple[float, float] = key(
-        (0.08, 1.0), gt=0, le=1, check=lambda s: s[0] <= s[1], valid="[min, max] area fractions in (0, 1]"
-    )
-    hflip: float = key(0.5, ge=0, le=1, doc="flip probability")
-    interpolation: str = "bilinear"
-    bad_images: str = key("fail", choices=BAD_IMAGE_POLICIES)
-
-    def __post_init__(self) -> None:
-        if self.root in (None, "", "???"):
-            raise ConfigError(
-                "dataset.root is not set: dataset=imagefolder needs dataset.root=<folder with train/, val/>"
-            )
-        with prefixed("dataset"):
-            train_transform(8, (0, 0, 0), (1, 1, 1), self.scale, self.hflip, self.interpolation)
-            if self.crop_pct is not None:
-                eval_transform(8, (0, 0, 0), (1, 1, 1), self.crop_pct, self.interpolation)
-
-
-DATASET_SCHEMAS = {"digits": DigitsDataset, "imagefolder": ImageFolderDataset}
-
-
-def check_dataset(dataset_cfg: Mapping[str, Any]) -> _ClassificationDataset:
-    """The ``dataset`` group as its checked schema."""
-    cfg = plain(dataset_cfg)
-    if cfg.get("name") not in DATASET_SCHEMAS:
-        raise ConfigError(
-            f"dataset.name={cfg.get('name')!r} is not valid; classification runs take "
-            f"dataset={' or dataset='.join(CLASSIFICATION_DATASETS)}"
-        )
-    return parse(DATASET_SCHEMAS[cfg["name"]], cfg, "dataset")
-
-
-#: keys of a ``conf/recipe/*.yaml`` and top-level keys of conf/classify.yaml (its groups included)
-RECIPE_KEYS = schema_keys(Recipe)
-TOP_KEYS = ("backbone", "dataset", "trainer", "recipe", "solver", *schema_keys(ClassificationRun))
-
-
-def check_recipe(recipe: Any) -> Recipe:
-    """The ``recipe`` group as a checked :class:`Recipe`."""
-    return parse(Recipe, plain(recipe), "recipe")
 
 
 class ClassificationModule(L.LightningModule):
@@ -180,7 +64,7 @@ class ClassificationModule(L.LightningModule):
         model_name: a registered model.
         model_options: ``create_model`` options (``pretrained``, ``drop_path_rate``, family knobs, ...).
         num_classes: classifier size (the dataset's class count).
-        recipe: label smoothing, aux weight, EMA decay, ... (see :data:`RECIPE_KEYS`).
+        recipe: label smoothing, aux weight, EMA decay, ... (see :data:`classification.config.RECIPE_KEYS`).
         solver: optimiser and learning-rate schedule (a ``solver`` group, :class:`training.optim.Solver`).
         channels_last: the model's parameters stored channels-last (``create_model(channels_last=...)``).
         compile: wrap the training forward in ``torch.compile`` (the state dict keeps its plain names).
@@ -188,6 +72,10 @@ class ClassificationModule(L.LightningModule):
 
     The input normalisation is the data's (``dataset.mean`` / ``dataset.std``, else ``backbone.mean`` /
     ``backbone.std``: :func:`run` builds the data with them).
+        distill: ``temperature``, ``weight`` and the teacher's record (:func:`build_teacher`) when distilling.
+        compression: a Deep Compression plan's mapping: the weights (``pretrained`` ones, typically) are pruned to it
+            and retrained with the pruned ones held at zero.
+        teacher: the :class:`Teacher` (not a hyper-parameter; rebuilt from ``distill`` by :func:`run`).
     """
 
     #: the config keys the runtime names in its messages: plain weights, and the skip policy of unusable images
@@ -204,10 +92,13 @@ class ClassificationModule(L.LightningModule):
         channels_last: bool = True,
         compile: bool = False,
         eval_raw: bool = False,
+        distill: dict[str, Any] | None = None,
+        compression: dict[str, Any] | None = None,
+        teacher: Teacher | None = None,
     ) -> None:
         super().__init__()
         check_recipe(recipe)
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["teacher"])
         self.recipe = recipe
         self.solver = Solver.from_config(solver)
         self.model = backbones.create_model(
@@ -215,6 +106,13 @@ class ClassificationModule(L.LightningModule):
         )
         if getattr(self.model, "features_only", False):
             raise ValueError("classification needs the classifier head; remove features_only from the backbone options")
+        # outside the module tree: not trained, not in DDP's or the checkpoints' parameters
+        self.__dict__["teacher"] = teacher
+        self.__dict__["keeper"] = (
+            MaskKeeper(self.model, prune(self.model, CompressionPlan.from_mapping(compression)))
+            if compression
+            else None
+        )
         ema_decay = recipe.get("ema_decay")
         self.ema = ModelEma(self.model, ema_decay, recipe.get("ema_warmup", True)) if ema_decay else None
         # kept out of the module tree (no duplicate state-dict keys); the compiled wrapper shares self.model's weights
@@ -231,6 +129,8 @@ class ClassificationModule(L.LightningModule):
 
     def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None) -> None:
         optimizer.step(closure=optimizer_closure)
+        if self.keeper is not None:
+            self.keeper.apply()  # exact zeros in every checkpoint, whatever the optimiser did
         if self.ema is not None:
             self.ema.update(self.model)
 
@@ -244,8 +144,15 @@ class ClassificationModule(L.LightningModule):
             return empty_batch_loss(self)
         progress = update_drop_path(self.model, self.global_step, self.total_steps)
         out = self._train_forward(x)
+        d = self.hparams.distill or {}
         loss, parts = classification_loss(
-            out, y, float(self.recipe.get("label_smoothing", 0.0)), float(self.recipe.get("aux_weight", 0.0))
+            out,
+            y,
+            float(self.recipe.get("label_smoothing", 0.0)),
+            float(self.recipe.get("aux_weight", 0.0)),
+            self.teacher(x) if self.teacher is not None else None,
+            float(d.get("temperature", 1.0)),
+            float(d.get("weight", 0.0)),
         )
         check_finite_loss(
             self,
@@ -254,9 +161,10 @@ class ClassificationModule(L.LightningModule):
             lambda: "Lower solver.lr, raise solver.warmup_epochs or set trainer.gradient_clip_val",
         )
         self.log("train/loss", loss, prog_bar=True, batch_size=len(y))
-        if "aux" in parts:
-            self.log("train/loss_main", parts["main"], batch_size=len(y))
-            self.log("train/loss_aux", parts["aux"], batch_size=len(y))
+        for part in ("main", "aux") if "aux" in parts else ():
+            self.log(f"train/loss_{part}", parts[part], batch_size=len(y))
+        for part in ("hard", "soft") if "soft" in parts else ():
+            self.log(f"train/loss_{part}", parts[part], batch_size=len(y))
         self.log("train/drop_path_progress", progress, batch_size=len(y))
         return loss
 
@@ -332,14 +240,52 @@ class ClassificationModule(L.LightningModule):
             self.log(f"val/{name}", v, prog_bar=name == "top1", rank_zero_only=False, sync_dist=False)
 
     # ---- checkpoints -----------------------------------------------------------------------------------------------
+    def on_fit_start(self) -> None:
+        if self.teacher is not None:  # outside the tree, so moved here: the student's device and (true-half) dtype
+            self.teacher.to(self.device, next(self.model.parameters()).dtype)
+
     def checkpoint_meta(self) -> dict[str, Any]:
         """What this run trains, written into each checkpoint and compared on resume."""
         return {"task": "classification", "backbone": self.hparams.model_name, "num_classes": self.hparams.num_classes}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[META_KEY] = self.checkpoint_meta()
+        if self.keeper is not None:
+            masks = {k: m.cpu() for k, m in self.keeper.masks.items()}
+            checkpoint["compression"] = {"plan": self.hparams.compression.get("name"), "masks": masks}
+
+    def _check_resumed_setup(self, checkpoint: dict[str, Any]) -> None:
+        """A resumed run trains as the checkpoint's did: the same teacher (by its file's hash) and soft-target loss,
+        and the same pruning masks (the checkpoint's replace any recomputed ones)."""
+        saved = (checkpoint.get("hyper_parameters") or {}).get("distill") or {}
+        now = self.hparams.distill or {}
+
+        def key(d: dict) -> tuple:
+            return (d.get("teacher_sha256") or d.get("teacher"), d.get("temperature"), d.get("weight")) if d else ()
+
+        if key(saved) != key(now):
+            raise ValueError(
+                f"the checkpoint was trained with teacher={saved.get('teacher')!r} (T={saved.get('temperature')}, "
+                f"weight={saved.get('weight')}, sha256 {saved.get('teacher_sha256')}), this run has "
+                f"teacher={now.get('teacher')!r} (T={now.get('temperature')}, weight={now.get('weight')}, sha256 "
+                f"{now.get('teacher_sha256')}); resume with the same teacher file and distill values"
+            )
+        masks = (checkpoint.get("compression") or {}).get("masks")
+        if (masks is None) != (self.keeper is None):
+            raise ValueError(
+                "the checkpoint was retrained with compression masks; resume with the same compression.plan=..."
+                if masks is not None
+                else "compression.plan is set but the checkpoint holds no masks: resume continues a run; to prune a "
+                "trained model, pass its weights as pretrained=<checkpoint> in a new run"
+            )
+        if masks is not None:
+            if set(masks) != set(self.keeper.masks):
+                raise ValueError("the checkpoint's compression masks cover other weights than compression.plan's")
+            self.keeper.masks.update(masks)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.trainer.state.fn == "fit":
+            self._check_resumed_setup(checkpoint)
         keys = checkpoint.get("state_dict", {})
         trained = (checkpoint.get("hyper_parameters") or {}).get("model_name")
         if trained and trained != self.hparams.model_name:
@@ -431,35 +377,6 @@ class ClassificationDataModule(ResumableTrainData, L.LightningDataModule):
 
 
 # ---- the run ---------------------------------------------------------------------------------------------------------
-def check_config(cfg: Mapping[str, Any]) -> ClassificationRun:
-    """Every check of a classification config that needs no data or model (before any work is spent): each group's
-    schema, and what the file given to ``checkpoint=`` is. Returns the top-level keys."""
-    groups = {"dataset": check_dataset, "recipe": check_recipe}
-    run = check_run_config(cfg, "classification", ClassificationRun, CLASSIFICATION_DATASETS, groups)
-    if run.checkpoint:
-        info = inspect_checkpoint(os.path.expanduser(run.checkpoint), "checkpoint")
-        check_checkpoint(info, "checkpoint", _expected(cfg), training=True, weights_key="pretrained")
-    return run
-
-
-def _expected(cfg: Mapping[str, Any]) -> dict[str, Any]:
-    return {"task": "classification", "backbone": backbone_config(cfg["backbone"]).name}
-
-
-def _normalization(cfg: Mapping[str, Any], card: backbones.ModelCard) -> backbones.ModelCard:
-    """The card the data is built with: its mean/std replaced by ``backbone.mean`` / ``backbone.std`` (the data uses
-    ``dataset.mean`` / ``dataset.std`` first; both set to other values than the card's is refused)."""
-    mean, std = backbone_config(cfg["backbone"]).normalization()
-    for name, value, card_value in (("mean", mean, card.mean), ("std", std, card.std)):
-        given = cfg["dataset"].get(name)
-        if given is not None and tuple(value) != tuple(card_value) and tuple(given) != tuple(value):
-            raise ConfigError(
-                f"backbone.{name}={list(value)} and dataset.{name}={list(given)} are both set: give the input "
-                f"normalisation once (dataset.{name} wins over backbone.{name} otherwise)"
-            )
-    return dataclasses.replace(card, mean=tuple(mean), std=tuple(std))
-
-
 def run(cfg: Any, output_dir: str | os.PathLike, **trainer_overrides: Any) -> dict[str, float]:
     """Train (or, with ``eval_only``, evaluate) as the composed ``conf/classify.yaml`` says; returns val metrics.
 
@@ -470,13 +387,12 @@ def run(cfg: Any, output_dir: str | os.PathLike, **trainer_overrides: Any) -> di
     c = plain(cfg)
     run_keys = check_config(c)
     output_dir = os.fspath(output_dir)
-    with run_dir_lock(output_dir):
-        if not run_keys.eval_only:
-            check_resume(run_keys.resume, output_dir, _expected(c), ClassificationModule.weights_key)
-        return _run(c, run_keys, output_dir, trainer_overrides)
+    body = lambda: _run(c, run_keys, output_dir, trainer_overrides)  # noqa: E731
+    return locked_run(output_dir, run_keys, _expected(c), ClassificationModule.weights_key, body)
 
 
 def _run(c: dict[str, Any], run_keys: ClassificationRun, output_dir: str, trainer_overrides: dict) -> dict[str, float]:
+    plan = check_compression(c.get("compression"), c["backbone"])
     recipe, solver = dict(c["recipe"]), dict(c["solver"])
     dataset_cfg = dict(c["dataset"])
     trainer_cfg = dict(c["trainer"])
@@ -499,15 +415,27 @@ def _run(c: dict[str, Any], run_keys: ClassificationRun, output_dir: str, traine
         data = dm.data  # fails early, with a clear message, on a bad dataset
     if "input_size" in backbones.builder_options(name) and "input_size" not in options:
         options["input_size"] = data.image_size  # design resolution (sizes e.g. NASNet's aux head) = training one
+    channels_last = bool(trainer_cfg.get("channels_last", True))
+    teacher, distill = None, None
+    if c.get("teacher") and not c.get("eval_only"):
+        fixed = dataset_cfg.get("mean") is not None or dataset_cfg.get("std") is not None  # the same for both
+        d = dict(c.get("distill") or {})
+        with torch.random.fork_rng(devices=[]):  # the student starts from the same weights with or without a teacher
+            teacher, distill = build_teacher(
+                c["teacher"], d, data.num_classes, None if fixed else (data.mean, data.std), channels_last=channels_last
+            )
     module = ClassificationModule(
         name,
         options,
         data.num_classes,
         recipe,
         solver,
-        channels_last=bool(trainer_cfg.get("channels_last", True)),
+        channels_last=channels_last,
         compile=bool(trainer_cfg.get("compile", False)),
         eval_raw=run_keys.eval_raw,
+        distill=distill,
+        compression=plan,
+        teacher=teacher,
     )
     # run length: `epochs`, else trainer.max_epochs, else the dataset's (digits: short), else the solver's (paper's)
     lengths = (run_keys.epochs, trainer_cfg.get("max_epochs"), dataset_cfg.get("epochs"), solver.get("epochs"))
@@ -530,7 +458,9 @@ def _run(c: dict[str, Any], run_keys: ClassificationRun, output_dir: str, traine
     metrics["epochs_done"] = float(trainer.current_epoch)
     metrics["global_step"] = float(trainer.global_step)
     if trainer.is_global_zero:
-        summary = {"model": name, "dataset": dataset_cfg.get("name"), **metrics}
+        summary = {"model": name, "dataset": dataset_cfg.get("name"), "seed": run_keys.seed, **metrics}
+        if distill:
+            summary["teacher"] = {k: distill.get(k) for k in ("teacher", "teacher_model", "temperature", "weight")}
         write_json_atomic(Path(output_dir) / "results.json", summary)
         logger.info(
             "val top-1 %.2f%%  top-5 %.2f%%  (%d images)",

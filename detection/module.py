@@ -22,7 +22,6 @@ from torch.utils.data import DataLoader
 from detection.synthetic import ShapesSpec
 from training.checkpoint import META_KEY, check_checkpoint, inspect_checkpoint
 from training.config import RunKeys, backbone_config, backbone_spec, check_run_config, plain
-from training.lock import run_dir_lock
 from training.optim import Solver, configure_optimizers
 from training.resumable import ResumableTrainData
 from training.schema import ConfigError, check_field, key, parse, prefixed, schema_keys
@@ -32,10 +31,10 @@ from training.trainer import (
     NonFiniteLossError,
     build_trainer,
     check_finite_loss,
-    check_resume,
     count_batch,
     empty_batch_loss,
     fit,
+    locked_run,
 )
 
 from .evaluation import BACKENDS
@@ -383,10 +382,8 @@ def run(cfg: Mapping[str, Any], output_dir: str | os.PathLike, callbacks: Sequen
     cfg = plain(cfg)
     run_keys = check_config(cfg)
     output_dir = os.fspath(output_dir)
-    with run_dir_lock(output_dir):
-        if not run_keys.eval_only:
-            check_resume(run_keys.resume, output_dir, _expected(cfg), DetectionModule.weights_key)
-        return _run(cfg, run_keys, output_dir, callbacks)
+    body = lambda: _run(cfg, run_keys, output_dir, callbacks)  # noqa: E731
+    return locked_run(output_dir, run_keys, _expected(cfg), DetectionModule.weights_key, body)
 
 
 def _run(

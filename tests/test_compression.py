@@ -138,6 +138,8 @@ def test_compressed_file_round_trip_is_exact(tmp_path):
     path = tmp_path / "squeezenet.dcmp"
     path.write_bytes(blob)
     assert path.stat().st_size == len(blob)
+    parts = dc.sections(blob)
+    assert sum(parts.values()) == len(blob) and parts["codebooks"] == 4 * 2**5 * len(shared)  # float32 codebooks
     rebuilt = dc.load_compressed(path, channels_last=False)  # the layout of `model`, so outputs match bit for bit
     assert rebuilt.model_name == "squeezenet1_0" and rebuilt.num_classes == 10
     for (k, a), (k2, b) in zip(model.state_dict().items(), rebuilt.state_dict().items()):

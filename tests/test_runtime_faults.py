@@ -227,7 +227,8 @@ def test_backbone_mean_and_std_overrides_change_the_classification_normalisation
     """The digits items are (raw - mean) / std with the overridden values; both a backbone and a dataset override
     (of other values) is refused."""
     import backbones
-    from classification.module import ClassificationDataModule, _normalization
+    from classification.config import _normalization
+    from classification.module import ClassificationDataModule
     from training.config import plain
 
     def first_val_image(*overrides):

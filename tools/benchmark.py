@@ -7,6 +7,7 @@
     python tools/benchmark.py --all --device cuda --channels-last --amp
     python tools/benchmark.py resnext50_32x4d densenet121 --repeats 7 --json docs/benchmarks/twins_cpu.json
     python tools/benchmark.py --render docs/benchmarks/*.json --write docs/benchmarks.md
+    python tools/benchmark.py mobilenet_v1_x1_0 --precisions fp32,bf16,int8 --modes forward   # ours in 3 precisions
 
 Prints a Markdown table: median ms, images/s, mult-adds/s, peak memory, and ours/twin = our time / twin time
 (< 1 means ours is faster), with the machine it ran on. ``--json FILE`` also stores the run (machine, date, load
@@ -30,13 +31,14 @@ import backbones  # noqa: E402
 from backbones.atomic import write_text_atomic  # noqa: E402
 from backbones.benchmark import (  # noqa: E402
     TIMING_COLUMNS,
+    add_cpu_peak_mb,
     begin_report,
     check_options,
     check_report_path,
     compare,
-    cpu_peak_mb,
     end_report,
     format_table,
+    layout_note,
     load_report,
     render_files,
     render_report,
@@ -73,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", default=None, metavar="FILE", help="also write the run (machine, load, rows) as JSON")
     ap.add_argument("--render", nargs="+", default=None, metavar="JSON", help="render stored --json files")
     ap.add_argument("--write", default=None, metavar="DOC", help="with --render: fill DOC's bench:<name> blocks")
+    ap.add_argument("--precisions", default=None, help="time ours in fp32,bf16,int8 (CPU) instead of against a twin")
     args = ap.parse_args(argv)
     if args.write and not args.render:
         ap.error("--write DOC needs --render JSON [JSON ...]")
@@ -104,26 +107,16 @@ def main(argv: list[str] | None = None) -> int:
     report = begin_report("twins", "python tools/benchmark.py " + shlex.join(sys.argv[1:] if argv is None else argv),
                           {**settings, "models": names}, args.device)  # fmt: skip
     print(f"# machine: {json.dumps(report['machine'])}, load average {report['load_before']}")
-    print(
-        "# layout: "
-        + (
-            "ours and twin channels-last (--channels-last)"
-            if args.channels_last
-            else "ours channels-last parameters (the create_model default), twin contiguous (its default); "
-            "--channels-last puts both in channels-last, --option channels_last=False keeps ours contiguous"
-        )
-    )
+    print("# layout: " + layout_note(args.channels_last))
+    if args.precisions:
+        return _precisions(names, args, modes, options)
     keys = ("batch_size", "input_size", "device", "channels_last", "amp", "repeats", "warmup", "baseline")
     common = {**{k: getattr(args, k) for k in keys}, "modes": modes, "twin_lib": args.twin, "options": options}
     results = []
     for name in names:
         rs = compare(name, **common)
         if args.peak_memory and args.device == "cpu":
-            for r in rs:
-                opts = options if r.impl == "ours" else {}
-                model = r.model if r.impl.startswith("ours") else name
-                impl = "ours" if r.impl.startswith("ours") else r.impl
-                r.peak_mb = cpu_peak_mb(model, impl, r.mode, r.batch_size, r.input_size, **opts)
+            add_cpu_peak_mb(rs, name, options)
         results.extend(rs)
         print(format_table(rs), flush=True)
     if len(names) > 1:
@@ -132,6 +125,20 @@ def main(argv: list[str] | None = None) -> int:
         report = end_report(report, TIMING_COLUMNS, timing_rows(results))
         write_report(args.json, report)
         print(f"wrote {args.json} (load average after: {report['load_after']})")
+    return 0
+
+
+def _precisions(names: list[str], args: argparse.Namespace, modes: tuple[str, ...], options: dict) -> int:
+    from backbones.quantize import format_precision_table, time_precisions
+
+    kw = {"batch_size": args.batch_size, "input_size": args.input_size, "repeats": args.repeats, "warmup": args.warmup}
+    results = []
+    for name in names:
+        rs = time_precisions(name, tuple(args.precisions.split(",")), modes=modes, options=options, **kw)
+        results.extend(rs)
+        print(format_precision_table(rs), flush=True)
+    if len(names) > 1:
+        print("\n## all\n" + format_precision_table(results))
     return 0
 
 

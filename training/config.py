@@ -136,12 +136,20 @@ RUN_SET_OPTIONS = {
 }
 
 
+#: registered defaults a backbone config shows under ``options``, so the command line overrides them without ``+``
+#: (``backbone=nasnet backbone.options.genotype=<run>/best.json``)
+CONF_OPTIONS = ("genotype",)
+
+
 def backbone_conf(name: str) -> str:
     """The ``conf/backbone/<name>.yaml`` text of a registered model: its card's facts plus the per-run options
     (``pretrained``, ``norm``, ``frozen_stages``, ``options`` = extra ``create_model`` keywords) at their defaults."""
-    from backbones import model_card
+    from backbones import model_card, model_defaults
 
     card = model_card(name)
+    exposed = {k: v for k, v in model_defaults(name).items() if k in CONF_OPTIONS}
+    options = "{" + ", ".join(f"{k}: {v}" for k, v in exposed.items()) + "}"
+    options = options.ljust(13) if len(options) < 13 else options + "  "
 
     def floats(values) -> str:
         return "[" + ", ".join(repr(float(v)) for v in values) + "]"
@@ -158,7 +166,7 @@ def backbone_conf(name: str) -> str:
         " or a file\n"
         "norm: bn              # bn | frozen_bn | sync_bn | gn\n"
         "frozen_stages: -1     # -1 none, 0 stem, k stem + k stages\n"
-        "options: {}           # more create_model options: +backbone.options.drop_path_rate=0.1 on the command line\n"
+        f"options: {options}# more create_model options: +backbone.options.drop_path_rate=0.1 on the command line\n"
     )
 
 

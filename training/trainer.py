@@ -330,6 +330,24 @@ def check_resume(
     return path
 
 
+def locked_run(
+    output_dir: str,
+    run_keys: Any,
+    expect: Mapping[str, Any],
+    weights_key: str | None,
+    body: Callable[[], Any],
+) -> Any:
+    """How every task's run starts once its config is checked: the run dir locked (:func:`training.lock.run_dir_lock`)
+    for the whole run, a training run's ``resume`` checkpoint checked (:func:`check_resume` with ``expect``), then
+    ``body()``, whose value is returned. ``run_keys`` are the top-level keys (``eval_only``, ``resume``)."""
+    from .lock import run_dir_lock
+
+    with run_dir_lock(output_dir):
+        if not run_keys.eval_only:
+            check_resume(run_keys.resume, output_dir, expect, weights_key)
+        return body()
+
+
 def fit(
     trainer: L.Trainer,
     module: L.LightningModule,

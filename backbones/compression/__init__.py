@@ -11,7 +11,7 @@ loader that rebuilds a normal model.
 >>> dc.load_compressed(blob)                       # a normal model with exactly those weights
 """
 
-from .container import decode_state, encode, load_compressed
+from .container import decode_state, encode, is_compressed, load_compressed, sections
 from .plan import CompressionPlan, LayerRule
 from .prune import MaskKeeper, apply_masks, density, magnitude_masks, prune
 from .share import SharedWeight, kmeans_1d, share_weights
@@ -25,9 +25,11 @@ __all__ = [
     "decode_state",
     "density",
     "encode",
+    "is_compressed",
     "kmeans_1d",
     "load_compressed",
     "magnitude_masks",
     "prune",
+    "sections",
     "share_weights",
 ]

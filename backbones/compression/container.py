@@ -174,6 +174,36 @@ def decode_state(data: bytes) -> tuple[str, dict[str, Any], dict[str, Tensor]]:
     return header["model"], header["options"], state
 
 
+def sections(data: bytes) -> dict[str, int]:
+    """Bytes of a compressed file by what they store: ``header`` (magic, version, compressed JSON), ``codebooks``,
+    ``indices`` (Huffman-coded weight indices with their code lengths), ``positions`` (Huffman-coded sparse
+    positions with their code lengths) and ``raw`` (tensors stored as they are: biases, norm parameters, buffers).
+    The parts add up to ``len(data)``."""
+    if data[:4] != MAGIC:
+        raise ValueError(f"not a compressed-model file (starts with {data[:4]!r}, expected {MAGIC!r})")
+    _, n = struct.unpack("<HI", data[4:10])
+    out = {"header": 10 + n, "codebooks": 0, "indices": 0, "positions": 0, "raw": 0}
+    for e in json.loads(zlib.decompress(data[10 : 10 + n]))["tensors"]:
+        if "codebook" in e:
+            cb = e["codebook"]
+            out["codebooks"] += cb["values"][1]
+            out["indices"] += cb["lengths"][1] + cb["bits"][1]
+        else:
+            out["raw"] += e["raw"][1]
+        if "positions" in e:
+            out["positions"] += e["positions"]["lengths"][1] + e["positions"]["bits"][1]
+    return out
+
+
+def is_compressed(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a file that starts as a compressed-model file does (``pretrained=`` recognises it so)."""
+    try:
+        with open(os.fspath(path), "rb") as f:
+            return f.read(len(MAGIC)) == MAGIC
+    except OSError:
+        return False
+
+
 def load_compressed(source: str | os.PathLike | bytes, **options: Any) -> nn.Module:
     """Rebuild a normal model from a compressed file (a path or its bytes): ``create_model`` with the stored name
     and options (``options`` override them), then the decoded state dict, loaded strictly."""

@@ -52,29 +52,56 @@ class MaskKeeper:
 
     The gradient of every pruned weight is zeroed (so SGD with momentum and weight decay, RMSProp and Adam(W) all
     leave it at zero: their updates are functions of the gradient and, for decay, of the weight itself), and before
-    every forward the masks are applied again, so no optimiser or numerical path can bring a pruned weight back.
+    every forward the masks are applied again, so no optimiser or numerical path can bring a pruned weight back;
+    :meth:`apply` does it on demand (a trainer calls it after each optimiser step, so checkpoints hold exact zeros).
+    The masks follow the model to whatever device it is moved to (a copy per device, made on first use).
     ``remove()`` detaches the hooks and applies the masks a last time.
+
+    Attributes:
+        masks: ``{parameter name: boolean keep-mask}``; replacing an entry (e.g. with the masks a checkpoint was
+            trained under) takes effect at the next gradient, forward or :meth:`apply`.
     """
 
     def __init__(self, model: nn.Module, masks: dict[str, Tensor]) -> None:
         self.model = model
-        self.masks = masks
+        self.masks = dict(masks)
         params = dict(model.named_parameters())
         unknown = sorted(set(masks) - set(params))
         if unknown:
             raise KeyError(f"masks name parameters the model does not have: {', '.join(unknown[:5])}")
-        apply_masks(model, masks)
-        self._handles = []
         for name, mask in masks.items():
-            m = mask.to(params[name].device, params[name].dtype)
-            self._handles.append(params[name].register_hook(lambda g, m=m: g * m))
-        self._handles.append(model.register_forward_pre_hook(lambda module, args: apply_masks(module, self.masks)))
+            if tuple(mask.shape) != tuple(params[name].shape):
+                raise ValueError(
+                    f"mask of {name}: shape {tuple(mask.shape)}, the weight's is {tuple(params[name].shape)}"
+                )
+        self._placed: dict[tuple[str, torch.device], tuple[Tensor, Tensor]] = {}
+        self.apply()
+        self._handles = [
+            params[name].register_hook(lambda g, name=name: g * self._mask(name, g.device)) for name in self.masks
+        ]
+        self._handles.append(model.register_forward_pre_hook(lambda module, args: self.apply()))
+
+    def _mask(self, name: str, device: torch.device) -> Tensor:
+        """``masks[name]`` on ``device`` (cached; refreshed when the entry was replaced)."""
+        source = self.masks[name]
+        cached = self._placed.get((name, device))
+        if cached is None or cached[0] is not source:
+            cached = (source, source.to(device))
+            self._placed[(name, device)] = cached
+        return cached[1]
+
+    @torch.no_grad()
+    def apply(self) -> None:
+        """Zero every pruned weight in place."""
+        params = dict(self.model.named_parameters())
+        for name in self.masks:
+            params[name].mul_(self._mask(name, params[name].device))
 
     def remove(self) -> None:
         for h in self._handles:
             h.remove()
         self._handles = []
-        apply_masks(self.model, self.masks)
+        self.apply()
 
 
 def density(model: nn.Module, names: list[str] | None = None) -> dict[str, float]:

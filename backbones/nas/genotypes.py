@@ -381,9 +381,13 @@ def decode_enas_macro_arc(arc: str = ENAS_MACRO_ARC) -> tuple[MacroLayer, ...]:
 
 
 def get_genotype(genotype: str | Genotype) -> Genotype:
-    """A genotype by name (see :data:`GENOTYPES`), or the object itself."""
+    """A genotype by name (see :data:`GENOTYPES`), a genotype .json file (``space.read_genotype``), or the object."""
     if isinstance(genotype, Genotype):
         return genotype
+    if genotype not in GENOTYPES and str(genotype).endswith(".json"):
+        from .space import read_genotype  # the file format lives with the search spaces
+
+        return read_genotype(genotype)
     if genotype not in GENOTYPES:
         valid = tuple(GENOTYPES)
         hint = did_you_mean(genotype, valid, cutoff=0.5)

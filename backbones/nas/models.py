@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from ..registry import make_card, register_model
 from .macro import ENASMacro
-from .network import NASNet, nasnet_a
+from .network import NASNet, nasnet, nasnet_a
 
 _NASNET = "Zoph et al. 2018, Learning Transferable Architectures for Scalable Image Recognition, arXiv 1707.07012"
 _TF_COUNTS = (
@@ -237,4 +237,24 @@ register_model(
         "separable convs gives 30.95 M; as the fixed-arc code builds it (ops 1/3 as ordinary convs, "
         "separable=False) 42,559,392 / 5.646 G. Neither is the paper's 21.3 M (38.0 M 'more channels').",
     ),
+)
+
+register_model(
+    "nasnet",
+    nasnet,
+    make_card(
+        "inception",
+        family="nas",
+        paper=_NASNET,
+        table="Table 3 at the defaults (genotype nasnet_a, 4 @ 1056 = nasnet_a_mobile's counts, arch_reference.md "
+        "8.5); other genotypes / N @ F are searched cells' networks (docs/search.md)",
+        params=5_289_978,
+        macs=563_638_816,
+        input_size=224,
+        top1=74.0,
+        macs_reference_padding=True,
+        notes="genotype= a registered genotype, a genotype .json file (tools/search.py's best.json) or a Genotype; "
+        "num_cells / penultimate_filters / stem scale it (the paper's N @ F). The card's figures are the defaults'.",
+    ),
+    genotype="nasnet_a",
 )

@@ -427,18 +427,58 @@ def nasnet_a(
     reference: str | None = None,
 ) -> NASNet:
     """NASNet-A "N @ F" with an ImageNet or CIFAR stem; options left None take the TF-slim config of that stem
-    (``num_classes``: 1000 ImageNet, 10 CIFAR)."""
+    (``num_classes``: 1000 ImageNet, 10 CIFAR; ``stem_multiplier`` 3 for both, as TF-slim's large and CIFAR
+    configs). :func:`nasnet` with the NASNet-A cells."""
+    options = dict(locals())  # every argument above, passed on
+    if stem_multiplier is None:
+        options["stem_multiplier"] = 3.0
+    return nasnet("nasnet_a", **options)
+
+
+# ---- builder: any genotype (a registered name, a genotype .json file, a Genotype) as "N @ F" (issue 16) -------------
+def nasnet(
+    genotype: str | Genotype = "nasnet_a",
+    *,
+    num_cells: int | tuple[int, int, int] = 4,
+    penultimate_filters: int | None = None,
+    stem: str = "imagenet",
+    stem_multiplier: float | None = None,
+    skip_reduction_layer_input: bool = False,
+    num_classes: int | None = None,
+    in_chans: int = 3,
+    drop_rate: float | None = None,
+    drop_path_rate: float = 0.0,
+    aux_head: bool = False,
+    input_size: int | None = None,
+    bn_eps: float | None = None,
+    bn_momentum: float | None = None,
+    reference_padding: bool = False,
+    reference: str | None = None,
+) -> NASNet:
+    """A NASNet of any cells: ``genotype`` is a name of ``genotypes.GENOTYPES``, a genotype file (``tools/search.py``
+    writes ``best.json``) or a :class:`Genotype`. Unset options take NASNet-A Mobile's choices (Table 3): 4 cells
+    per stage, F0 = 44 per concatenated state (``penultimate_filters`` = 4 x 44 x the normal cell's output width;
+    1056 for NASNet-A), stem x1; with ``stem="cifar"`` TF-slim's CIFAR config, F0 = 32 (6 @ 768, Table 1)."""
+    from .space import resolve_genotype
+
+    g = resolve_genotype(genotype)
     check_choice("stem", stem, _STEM_DEFAULTS)
-    given = dict(
-        stem_multiplier=stem_multiplier,
-        drop_rate=drop_rate,
-        input_size=input_size,
-        bn_eps=bn_eps,
-        bn_momentum=bn_momentum,
-    )
-    config = {**_STEM_DEFAULTS[stem], **{k: v for k, v in given.items() if v is not None}}
+    config = {**_STEM_DEFAULTS[stem], **({"stem_multiplier": 1.0} if stem == "imagenet" else {})}
+    given = dict(stem_multiplier=stem_multiplier, drop_rate=drop_rate, input_size=input_size, bn_eps=bn_eps,
+                 bn_momentum=bn_momentum)  # fmt: skip
+    config.update({k: v for k, v in given.items() if v is not None})
+    width = output_width(g.normal)
+    enas_stem = stem == "imagenet" and g.conventions == "enas"  # its identity reductions split stem cell 0's F0 / 4
+    if penultimate_filters is None:
+        penultimate_filters = 4 * (48 if enas_stem else 44 if stem == "imagenet" else 32) * width
+    if enas_stem and penultimate_filters % (4 * width) == 0 and penultimate_filters // (4 * width) % 8:
+        raise ValueError(
+            f"penultimate_filters={penultimate_filters} gives F0={penultimate_filters // (4 * width)}; a genotype with "
+            f"ENAS conventions on the ImageNet stem needs F0 to be a multiple of 8 (stem cell 0 is F0 / 4 wide and "
+            f"its factorized reductions halve that); e.g. penultimate_filters={4 * 48 * width}"
+        )
     return NASNet(
-        "nasnet_a",
+        g,
         num_cells=num_cells,
         penultimate_filters=penultimate_filters,
         stem=stem,
@@ -448,6 +488,6 @@ def nasnet_a(
         drop_path_rate=drop_path_rate,
         aux_head=aux_head,
         reference_padding=reference_padding,
-        **config,
         reference=reference,
+        **config,
     )

@@ -10,7 +10,8 @@ format and layout), builds the model with the plan's ``reference`` unless the us
   class), or a twin's layout (timm / torchvision, which Cadene's SE-Nets and Xception share);
 * a Keras applications HDF5 file (``keras.py``);
 * a TF-slim checkpoint: a ``.tar.gz``/``.tgz`` as published, a directory holding one, or its ``.ckpt`` prefix
-  (``tfslim.py``, needs tensorflow).
+  (``tfslim.py``, needs tensorflow);
+* a Deep Compression file (``backbones.compression``, ``.dcmp``), decoded to the weights it stores.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ LABELS = {
     "megvii": "megvii ShuffleNet-Series",
     "keras": "Keras applications HDF5",
     "tf-slim": "a TF-slim checkpoint",
+    "dcmp": "a Deep Compression file",
     "unknown": "a PyTorch state dict in none of the known layouts (ours, timm, torchvision, Cadene, megvii)",
 }
 SOURCE_KINDS = ("timm", "torchvision", "keras", "cadene", "megvii", "tf-slim")
@@ -102,6 +104,7 @@ def _plan_source(name: str, source: Source, options: dict[str, Any]) -> Plan:
 
 
 def _plan_file(name: str, path: str, options: dict[str, Any], source: Source | None = None) -> Plan:
+    from ..compression.container import is_compressed
     from ..registry import model_card
     from . import keras as keras_h5
     from . import tfslim
@@ -116,10 +119,25 @@ def _plan_file(name: str, path: str, options: dict[str, Any], source: Source | N
         layers = keras_h5.read_h5(path)
         src = source or _find(card, fmt="keras_h5")
         return Plan("keras", src.reference if src else "tf", origin, lambda m: keras_h5.to_state_dict(m, layers), src)
+    if os.path.isfile(path) and is_compressed(path):
+        return _plan_compressed(name, path, origin, options)
     if os.path.isdir(path) or tarfile.is_tarfile(path):
         raise CheckpointMismatchError(f"{origin} holds no TF-slim checkpoint (no '<prefix>.index' file)")
     state = read_state_dict(path)
     return _plan_torch(name, state, origin, options, source)
+
+
+def _plan_compressed(name: str, path: str, origin: str, options: dict[str, Any]) -> Plan:
+    from ..compression import decode_state
+
+    with open(path, "rb") as f:
+        stored, _, state = decode_state(f.read())
+    if stored != name:
+        raise CheckpointMismatchError(
+            f"{origin} holds a compressed {stored!r}, not {name!r}; build {stored!r} (or call "
+            f"backbones.compression.load_compressed, which builds the model the file names)"
+        )
+    return Plan("dcmp", options.get("reference"), origin, lambda m: dict(state), exact_reference=False)
 
 
 def _find(card: Any, fmt: str | None = None, name: str | None = None) -> Source | None:

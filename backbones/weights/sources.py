@@ -351,6 +351,7 @@ WEIGHTS: dict[str, ModelWeights] = {
     "nasnet_a_cifar_7_2304": ModelWeights((), _NAS_REFS, "timm"),
     "nasnet_a_5_1538": ModelWeights((), _NAS_REFS, "timm"),
     "nasnet_a_7_1920": ModelWeights((), _NAS_REFS, "timm"),
+    "nasnet": ModelWeights((), _NAS_REFS, "timm"),  # searched cells (issue 16): no published weights
     "enas_micro_cifar": ModelWeights((), ("tf",), "tf"),
     "enas_macro_cifar": ModelWeights((), ("tf",)),
 }
