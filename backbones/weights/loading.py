@@ -10,7 +10,7 @@ format and layout), builds the model with the plan's ``reference`` unless the us
   class), or a twin's layout (timm / torchvision, which Cadene's SE-Nets and Xception share);
 * a Keras applications HDF5 file (``keras.py``);
 * a TF-slim checkpoint: a ``.tar.gz``/``.tgz`` as published, a directory holding one, or its ``.ckpt`` prefix
-  (``tfslim.py``, needs tensorflow);
+  (``tfslim.py``; read without tensorflow by ``tf_checkpoint.py``);
 * a Deep Compression file (``backbones.compression``, ``.dcmp``), decoded to the weights it stores.
 """
 
