@@ -139,13 +139,6 @@ def test_timm_source_without_timm_names_the_extra(monkeypatch):
         backbones.create_model("xception", pretrained="timm")
 
 
-def test_tf_slim_without_tensorflow_names_the_extra(tmp_path, monkeypatch):
-    monkeypatch.setitem(sys.modules, "tensorflow", None)
-    (tmp_path / "mobilenet_v1_0.25_128.ckpt.index").write_bytes(b"")
-    with pytest.raises(ModuleNotFoundError, match=r"cnn-backbones\[tf\]"):
-        backbones.create_model("mobilenet_v1_x0_25", pretrained=str(tmp_path))
-
-
 # ---- detection ------------------------------------------------------------------------------------------------------
 def test_our_file_keeps_the_users_reference(tmp_path):
     src = backbones.create_model("nasnet_a_mobile", num_cells=1, penultimate_filters=96, num_classes=7).eval()

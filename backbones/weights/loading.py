@@ -10,7 +10,7 @@ format and layout), builds the model with the plan's ``reference`` unless the us
   class), or a twin's layout (timm / torchvision, which Cadene's SE-Nets and Xception share);
 * a Keras applications HDF5 file (``keras.py``);
 * a TF-slim checkpoint: a ``.tar.gz``/``.tgz`` as published, a directory holding one, or its ``.ckpt`` prefix
-  (``tfslim.py``, needs tensorflow);
+  (``tfslim.py``; read without tensorflow by ``tf_checkpoint.py``);
 * a Deep Compression file (``backbones.compression``, ``.dcmp``), decoded to the weights it stores.
 """
 
@@ -86,7 +86,7 @@ def plan_pretrained(name: str, pretrained: bool | str | os.PathLike, options: di
             )
         return _plan_source(name, card.source(card.default_source), options)
     path = os.fspath(pretrained)
-    if not os.path.exists(path):
+    if not os.path.exists(path) and not os.path.isfile(path + ".index"):  # a TF checkpoint prefix names no file
         names = [s.name for s in card.sources]
         if path in names:
             return _plan_source(name, card.source(path), options)
@@ -219,7 +219,10 @@ def load_planned(model: nn.Module, plan: Plan, strict: bool = True) -> None:
     Raises:
         CheckpointMismatchError: naming the detected source and the missing, unexpected and mis-shaped keys.
     """
-    state = plan.convert(model)
+    try:
+        state = plan.convert(model)
+    except CheckpointMismatchError as e:  # a converter that sees the file is another network: say which file
+        raise CheckpointMismatchError(f"{plan.described}: {e}") from e
     own = model.state_dict()
     for k, v in own.items():
         if k.endswith("num_batches_tracked") and k not in state:

@@ -1,10 +1,13 @@
-"""TF-slim checkpoints (``model.ckpt.index`` + ``.data-*``), read with TensorFlow (the optional extra ``tf``).
+"""TF-slim checkpoints (``model.ckpt.index`` + ``.data-*``), read without TensorFlow (``tf_checkpoint.py``).
 
 Accepted as published (a ``.tgz`` / ``.tar.gz``, extracted next to it on first use), as the extracted directory or
 as the checkpoint prefix. Variable names (TF-slim ``nets/mobilenet_v1.py``): ``MobilenetV1/Conv2d_0/weights``,
 ``MobilenetV1/Conv2d_<i>_depthwise/depthwise_weights``, ``MobilenetV1/Conv2d_<i>_pointwise/weights``, each with
 ``.../BatchNorm/{gamma,beta,moving_mean,moving_variance}`` (``gamma`` absent where the checkpoint was trained with
 ``scale=False``: 1), and ``MobilenetV1/Logits/Conv2d_1c_1x1/{weights,biases}`` (1001 classes).
+NASNet-A and PNASNet-5 checkpoints are mapped in ``tfslim_nasnet.py``. TensorFlow (the optional extra ``tf``) is
+only needed for what the reader does not implement: compressed tables and partitioned variables (TF-slim's published
+checkpoints use neither).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from torch import Tensor, nn
 from ..atomic import move_into_place
 from .core import CheckpointMismatchError
 from .keras import _t
+from .tf_checkpoint import UnsupportedCheckpointError, read_variables
 
 _ARCHIVES = (".tar.gz", ".tgz", ".tar")
 
@@ -37,13 +41,13 @@ def is_checkpoint(path: str) -> bool:
     return path.endswith(".index") or os.path.isfile(path + ".index")
 
 
-def _tensorflow():
+def _tensorflow(why: Exception):
     try:
         import tensorflow as tf
     except ImportError as e:
         raise ModuleNotFoundError(
-            "reading TF-slim checkpoints needs TensorFlow: pip install 'cnn-backbones[tf]' (or pip install "
-            "tensorflow-cpu)"
+            f"{why}; reading this TF checkpoint needs TensorFlow: pip install 'cnn-backbones[tf]' (or pip install "
+            f"tensorflow-cpu)"
         ) from e
     return tf
 
@@ -76,16 +80,25 @@ class Reader:
         self.member = member
 
     def variables(self) -> dict[str, np.ndarray]:
-        tf = _tensorflow()
-        reader = tf.train.load_checkpoint(_prefix(self.path, self.member))
+        """Every variable of the checkpoint, by name; TensorFlow reads what ``tf_checkpoint`` does not."""
+        prefix = _prefix(self.path, self.member)
+        try:
+            return read_variables(prefix)
+        except UnsupportedCheckpointError as e:
+            tf = _tensorflow(e)
+        reader = tf.train.load_checkpoint(prefix)
         return {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()}
 
     def to_state_dict(self, model: nn.Module) -> dict[str, Tensor]:
         family = model.card.family
+        if family == "nas":
+            from .tfslim_nasnet import nasnet_to_state_dict
+
+            return nasnet_to_state_dict(model, self.variables())
         if family != "mobilenet":
-            raise NotImplementedError(
-                f"TF-slim checkpoints are mapped for MobileNet v1 only so far; for {model.model_name!r} use the "
-                f"Cadene or Keras port of the same checkpoint (pretrained='cadene' / 'keras')"
+            raise CheckpointMismatchError(
+                f"TF-slim checkpoints are mapped for MobileNet v1, NASNet-A and PNASNet-5; {model.model_name!r} is a "
+                f"{family} model"
             )
         return _mobilenet(model, self.variables())
 
@@ -100,6 +113,11 @@ def _bn(v: dict[str, np.ndarray], scope: str, prefix: str, channels: int) -> dic
 
 def _mobilenet(model: nn.Module, v: dict[str, np.ndarray]) -> dict[str, Tensor]:
     s = "MobilenetV1"
+    if f"{s}/Conv2d_0/weights" not in v:
+        raise CheckpointMismatchError(
+            f"the TF-slim checkpoint is no MobileNet v1 (no {s}/Conv2d_0/weights; it holds "
+            f"{', '.join(sorted(v)[:3])}, ...)"
+        )
     w = v[f"{s}/Conv2d_0/weights"]
     out = {"body.stem.conv.weight": _t(w.transpose(3, 2, 0, 1))}
     out.update(_bn(v, f"{s}/Conv2d_0", "body.stem.bn", w.shape[3]))
