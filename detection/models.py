@@ -35,7 +35,7 @@ from torch import Tensor, nn
 
 import backbones
 from backbones import Backbone
-from backbones.checks import check
+from backbones.checks import check, check_choice
 from backbones.weights import load_state_dict_checked, read_state_dict
 
 from .adapter import FeatureAdapter, check_levels
@@ -57,6 +57,9 @@ _FASTER_RCNN_COMMON: dict[str, Any] = {
     "box_nms_thresh": 0.5,
     "box_detections_per_img": 100,
     "sampling_ratio": 2,
+    "rpn_positive_fraction": 0.5,
+    "box_positive_fraction": 0.25,
+    "box_loss_beta": 1 / 9,  # smooth-L1 beta of the RPN and box losses: torchvision 1/9, detectron2 0 (= L1)
 }
 _SSD_COMMON: dict[str, Any] = {
     "size": 320,
@@ -76,6 +79,7 @@ DETECTORS: dict[str, dict[str, Any]] = {
         "pool_level": True,  # FPN paper: P6 by stride-2 subsampling of P5, used by the RPN only
         "roi_output_size": 7,
         "representation_size": 1024,
+        "head_init": "torchvision",  # of the two-FC box head and predictor: torchvision | detectron2
     },
     "faster_rcnn_c4": {
         **_FASTER_RCNN_COMMON,
@@ -131,6 +135,8 @@ DETECTORS: dict[str, dict[str, Any]] = {
         "topk_candidates": 300,
     },
 }
+#: initialisations of the Faster R-CNN (FPN) box head: torchvision's nn.Linear default, detectron2's
+HEAD_INITS = ("torchvision", "detectron2")
 #: keys a detector config may carry that :func:`build_detector` does not read
 _CONFIG_ONLY = ("name",)
 
@@ -237,8 +243,16 @@ def build_detector(
 
 
 def _rcnn_kwargs(cfg: dict[str, Any]) -> dict[str, Any]:
-    keys = [k for k in _FASTER_RCNN_COMMON if k not in ("anchor_sizes", "aspect_ratios", "sampling_ratio")]
-    return {k: cfg[k] for k in keys}
+    own = ("anchor_sizes", "aspect_ratios", "sampling_ratio", "box_loss_beta")
+    return {k: cfg[k] for k in _FASTER_RCNN_COMMON if k not in own}
+
+
+def _rcnn_losses(model: nn.Module, cfg: dict[str, Any]) -> nn.Module:
+    from .rcnn import TORCHVISION_BETA, set_box_loss_beta
+
+    if cfg["box_loss_beta"] != TORCHVISION_BETA:
+        set_box_loss_beta(model, cfg["box_loss_beta"])
+    return model
 
 
 def _faster_rcnn_fpn(backbone, cfg, num_classes, options) -> nn.Module:
@@ -270,7 +284,12 @@ def _faster_rcnn_fpn(backbone, cfg, num_classes, options) -> nn.Module:
         rep = cfg["representation_size"]
         model.roi_heads.box_head = TwoMLPHead(adapter.out_channels * cfg["roi_output_size"] ** 2, rep)
         model.roi_heads.box_predictor = FastRCNNPredictor(rep, num_classes + 1)
-    return model
+    check_choice("head_init", cfg["head_init"], HEAD_INITS)
+    if cfg["head_init"] == "detectron2":
+        from .rcnn import init_box_head
+
+        init_box_head(model.roi_heads)
+    return _rcnn_losses(model, cfg)
 
 
 def _per_map(sizes: Any, names: list[str], what: str) -> tuple[tuple[int, ...], ...]:
@@ -310,7 +329,7 @@ def _faster_rcnn_c4(backbone, cfg, num_classes, options) -> nn.Module:
     sizes = tuple(int(s) for s in (sizes if isinstance(sizes, list | tuple) else [sizes]))
     anchors = AnchorGenerator((sizes,), (tuple(cfg["aspect_ratios"]),))
     roi_pool = MultiScaleRoIAlign(adapter.map_names, cfg["roi_output_size"], cfg["sampling_ratio"])
-    return FasterRCNN(
+    model = FasterRCNN(
         adapter,
         num_classes=None,
         image_mean=list(mean),
@@ -322,6 +341,7 @@ def _faster_rcnn_c4(backbone, cfg, num_classes, options) -> nn.Module:
         size_divisible=divisibility,
         **_rcnn_kwargs(cfg),
     )
+    return _rcnn_losses(model, cfg)
 
 
 def _ssd(backbone, cfg, num_classes, options) -> nn.Module:
