@@ -46,15 +46,13 @@ def _train_step_and_eval(model, labels=(1, 2)):
         return model(images)
 
 
-@pytest.mark.parametrize(
-    "top_block, extra", [("pool", ["pool"]), ("p6p7", ["p6", "p7"]), (None, [])], ids=["pool", "p6p7", "none"]
-)
+@pytest.mark.parametrize("top_block, extra", [("pool", ["pool"]), ("p6p7", ["p6", "p7"])], ids=["pool", "p6p7"])
 def test_map_names_are_torchvisions(top_block, extra):
     """Our FPN maps carry the keys torchvision's resnet_fpn_backbone gives for the same layout (the oracle)."""
     from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
     from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP6P7
 
-    blocks = {"pool": LastLevelMaxPool(), "p6p7": LastLevelP6P7(32, 32), None: None}
+    blocks = {"pool": LastLevelMaxPool(), "p6p7": LastLevelP6P7(256, 256)}  # its FPN width: 256
     tv = resnet_fpn_backbone(backbone_name="resnet18", weights=None, returned_layers=[2, 3, 4],
                              extra_blocks=blocks[top_block])  # fmt: skip
     ours = fpn_backbone(TINY_BACKBONE, levels=("c3", "c4", "c5"), fpn_channels=32, top_block=top_block)
@@ -65,6 +63,8 @@ def test_map_names_are_torchvisions(top_block, extra):
     assert [m.shape[-2:] for m in our_maps.values()] == [m.shape[-2:] for m in tv_maps.values()]
     assert ours.map_levels == ["c3", "c4", "c5", "c6", "c7"][: 3 + len(extra)]
     assert isinstance(ours.out_channels, int) and isinstance(tv.out_channels, int)
+    bare = fpn_backbone(TINY_BACKBONE, levels=("c3", "c4", "c5"), fpn_channels=32, top_block=None)
+    assert bare.map_names == bare.fpn_names == ["0", "1", "2"]
 
 
 def test_torchvision_faster_rcnn_with_its_default_pooler():
@@ -76,8 +76,10 @@ def test_torchvision_faster_rcnn_with_its_default_pooler():
     assert model.roi_heads.box_roi_pool.featmap_names == body.fpn_names == ["0", "1", "2", "3"]
     out = _train_step_and_eval(model)
     assert len(out) == 2 and all(o["boxes"].shape[-1] == 4 for o in out)
-    three = FasterRCNN(fpn_backbone(TINY_BACKBONE, levels=("c3", "c4", "c5"), fpn_channels=32), 3, **SMALL_RCNN)
-    _train_step_and_eval(three)  # '3' is absent: torchvision's pooler takes the levels there are
+    # c3..c5 + pool: '3' is absent, torchvision's default pooler takes the levels there are
+    anchors = AnchorGenerator(((16,), (32,), (64,), (128,)), ((0.5, 1.0, 2.0),) * 4)
+    body = fpn_backbone(TINY_BACKBONE, levels=("c3", "c4", "c5"), fpn_channels=32)
+    _train_step_and_eval(FasterRCNN(body, 3, rpn_anchor_generator=anchors, **SMALL_RCNN))
 
 
 def test_torchvision_retinanet_by_hand():
@@ -151,7 +153,7 @@ def test_train_net_one_stage_detectors_end_to_end(detector, tmp_path):
     """``detector=retinanet`` / ``fcos`` through the runner: training steps, COCOeval, COCO results with the
     dataset's category ids."""
     overrides = [*tiny(tmp_path, steps=2), f"detector={detector}", "detector.fpn_channels=32",
-                 "trainer.progress_bar=false", "trainer.loggers=[]"]  # fmt: skip
+                 "detector.score_thresh=0", "trainer.progress_bar=false", "trainer.loggers=[]"]  # fmt: skip
     stats = run(compose_cfg(overrides), tmp_path / "run")
     assert 0.0 <= stats["AP50"] <= 1.0
     results = json.loads(next((tmp_path / "run" / "eval").glob("coco_results_step*.json")).read_text())
