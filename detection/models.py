@@ -210,6 +210,27 @@ def backbone_for(
     return model, mean, std
 
 
+def check_backbone_weights(options: Mapping[str, Any], detector_weights: bool = False) -> None:
+    """Warn loudly when a backbone with FrozenBN or frozen stages gets no trained weights.
+
+    FrozenBN over a random init normalises nothing (running mean 0, variance 1), so activations grow layer by layer
+    and the loss goes NaN within a few steps; frozen random stages never learn. A warning, not an error: a
+    deterministic test may freeze BN on purpose, and weights may come later. ``detector_weights``: the run loads a
+    detector checkpoint (``checkpoint=`` or ``resume=``).
+    """
+    frozen = ["backbone.norm=frozen_bn"] if options.get("norm") == "frozen_bn" else []
+    if int(options.get("frozen_stages", -1)) >= 0:
+        frozen.append(f"backbone.frozen_stages={options['frozen_stages']}")
+    if frozen and not options.get("pretrained") and not detector_weights:
+        logger.warning(
+            "%s without trained weights (no backbone.pretrained, checkpoint or resume): FrozenBN over a random init "
+            "normalises nothing and the loss goes NaN within a few steps; frozen random stages never learn. Train "
+            "from scratch with backbone.norm=bn (or gn) and backbone.frozen_stages=-1, or give "
+            "backbone.pretrained=true|<file> or checkpoint=<detector weights>",
+            " and ".join(frozen),
+        )
+
+
 def _not_ready(name: str, valid: list[str] | None) -> str:
     msg = (
         f"backbone {name!r} is not detection-ready: it is a CIFAR classifier without stride 4..32 levels "

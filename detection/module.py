@@ -551,13 +551,14 @@ class DetectionModule(L.LightningModule):
         super().__init__()
         from backbones.zoo import backbone_spec
 
-        from .models import build_detector
+        from .models import build_detector, check_backbone_weights
 
         cfg = _plain(cfg)
         self.save_hyperparameters({"cfg": cfg, "num_classes": num_classes, "output_dir": output_dir})
         self.cfg = cfg
         _check_keys(cfg["solver"], SOLVER_KEYS, "solver")
         name, options = backbone_spec(cfg["backbone"])
+        check_backbone_weights(options, bool(cfg.get("checkpoint") or cfg.get("resume")))
         self.model = build_detector(name, cfg["detector"], num_classes, **options)
         trainer_cfg = cfg.get("trainer", {})
         if trainer_cfg.get("channels_last"):
