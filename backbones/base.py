@@ -15,7 +15,6 @@ sets ``num_features`` and implements :meth:`forward_head`.
 
 from __future__ import annotations
 
-import difflib
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .checks import check, check_choice, did_you_mean
 from .layers import NORMS, convert_norm, is_norm
 
 
@@ -110,9 +110,7 @@ class Backbone(nn.Module):
 
     def _bad_level(self, name: str) -> str:
         valid = self.feature_names
-        close = difflib.get_close_matches(str(name), valid, n=2)
-        hint = f" (did you mean {', '.join(close)}?)" if close else ""
-        return f"unknown feature level {name!r}{hint}; this model has {', '.join(valid)}"
+        return f"unknown feature level {name!r}{did_you_mean(name, valid, n=2)}; this model has {', '.join(valid)}"
 
     # ---- configuration (create_model calls this after weights are loaded) ------------------------------------------
     def configure(
@@ -123,14 +121,14 @@ class Backbone(nn.Module):
         frozen_stages: int = -1,
     ) -> Backbone:
         """Turn into a feature extractor, swap norms and freeze stages (in that order of validation)."""
-        if norm not in NORMS:
-            raise ValueError(f"norm={norm!r} is not valid; choose one of {', '.join(NORMS)}")
+        check_choice("norm", norm, NORMS)
         num_stages = max(f.stage for f in self.feature_info)
-        if not isinstance(frozen_stages, int) or not -1 <= frozen_stages <= num_stages:
-            raise ValueError(
-                f"frozen_stages={frozen_stages!r} is not valid; use -1 (none), 0 (stem) or 1..{num_stages} "
-                f"(stem and that many stages)"
-            )
+        check(
+            "frozen_stages",
+            frozen_stages,
+            isinstance(frozen_stages, int) and -1 <= frozen_stages <= num_stages,
+            f"use -1 (none), 0 (stem) or 1..{num_stages} (stem and that many stages)",
+        )
         if out_features is not None and not features_only:
             raise ValueError("out_features is only used with features_only=True")
         if features_only:
@@ -252,8 +250,30 @@ class Backbone(nn.Module):
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         raise NotImplementedError
 
+    def check_input_size(self, x: Tensor) -> None:
+        """Raise naming the minimum side when ``x`` is smaller than the deepest requested level's stride.
+
+        A level of stride ``s`` has ``H / s`` rows: below ``s`` pixels it would be less than one, and the network
+        either fails inside some layer or returns maps made of padding. The minimum comes from ``out_strides``.
+        Skipped while tracing, scripting or compiling (the shapes there are symbolic; traced graphs stay as they were).
+        """
+        if torch.jit.is_scripting() or torch.jit.is_tracing() or torch.compiler.is_compiling():
+            return
+        if isinstance(x, torch.fx.Proxy):
+            return
+        side = self.size_divisibility
+        if x.shape[-2] < side or x.shape[-1] < side:
+            deepest = max(self.out_strides, key=self.out_strides.__getitem__)
+            name = getattr(self, "model_name", type(self).__name__)
+            raise ValueError(
+                f"input of {x.shape[-2]}x{x.shape[-1]} px is too small for {name} returning "
+                f"{', '.join(self.out_features)}: level {deepest} has stride {side}, so each side must be at least "
+                f"{side} px (a multiple of {side} for exact H / stride maps)"
+            )
+
     def forward(self, x: Tensor) -> Any:
         if self.features_only:
+            self.check_input_size(x)
             return self.forward_levels(x)
         return self.forward_head(self.forward_features(x))
 

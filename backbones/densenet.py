@@ -21,6 +21,10 @@ feed the 3x3 conv are recomputed too: they cost little, and keeping the 1x1 conv
 DenseNet-121 at 0.48x the standard saved activations instead of 0.35x. Outputs, gradients and BN running
 statistics are unchanged.
 
+``reference`` (docs/weights.md): ``"timm"`` and ``"torchvision"`` compute as the default (the twins' numerics);
+``"tf"`` is Keras' DenseNet, whose every BatchNorm uses eps 1.001e-5 (keras ``applications/densenet.py``; its
+zero-padded 7x7 stem and 3x3/2 max-pool after a ReLU are our padded ones).
+
 Deviation: ``drop_path_rate`` has no meaning here (a dense layer has no residual path to drop); only 0.0 is accepted.
 """
 
@@ -39,10 +43,13 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from .base import Backbone
+from .checks import check, check_choice, check_int, check_probability
 from .layers import ConvNormAct
-from .registry import CIFAR_MEAN, CIFAR_STD, ModelCard, register_model
+from .registry import ModelCard, make_card, register_model, resolve_reference
 
 STEMS = ("imagenet", "cifar")
+REFERENCES = ("timm", "torchvision", "tf")
+KERAS_BN_EPS = 1.001e-5  # keras applications/densenet.py, every BatchNormalization
 
 
 @dataclass(frozen=True)
@@ -200,6 +207,7 @@ class DenseNet(Backbone):
             backward (same maths, less memory); ``set_grad_checkpointing`` toggles it after construction.
         drop_path_rate: must be 0.0 (no residual path in DenseNet).
         reference_padding: accepted for the common interface; DenseNet pads identically either way.
+        reference: None, ``"timm"``, ``"torchvision"`` (all the same numerics) or ``"tf"`` (Keras: BN eps 1.001e-5).
     """
 
     head_modules = ("classifier",)
@@ -220,25 +228,28 @@ class DenseNet(Backbone):
         in_chans: int = 3,
         drop_path_rate: float = 0.0,
         reference_padding: bool = False,
+        reference: str | None = None,
     ) -> None:
         super().__init__()
-        if stem not in STEMS:
-            raise ValueError(f"stem={stem!r} is not valid; choose one of {', '.join(map(repr, STEMS))}")
-        if drop_path_rate != 0.0:
-            raise ValueError(
-                f"drop_path_rate={drop_path_rate!r} is not supported by DenseNet (no residual path to drop); "
-                f"valid: 0.0. Use dropout=<rate> for the paper's regularisation"
-            )
-        if not 0.0 < compression <= 1.0:
-            raise ValueError(f"compression={compression!r} is not valid; theta must be in (0, 1] (0.5 for -C)")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout={dropout!r} is not valid; use a rate in [0, 1)")
+        self.reference = resolve_reference(reference, reference_padding, REFERENCES, None)
+        check_choice("stem", stem, STEMS)
+        check(
+            "drop_path_rate",
+            drop_path_rate,
+            drop_path_rate == 0.0,
+            "DenseNet has no residual path to drop; valid: 0.0. Use dropout=<rate> for the paper's regularisation",
+        )
+        check("compression", compression, 0.0 < compression <= 1.0, "theta must be in (0, 1] (0.5 for -C)")
+        check_probability("dropout", dropout)
         block_config = tuple(block_config)
-        if not block_config or any(not isinstance(n, int) or n < 1 for n in block_config):
-            raise ValueError(f"block_config={block_config!r} is not valid; give positive layer counts per block")
+        check(
+            "block_config",
+            block_config,
+            bool(block_config) and all(isinstance(n, int) and n >= 1 for n in block_config),
+            "give positive layer counts per block",
+        )
         for knob, value in (("growth_rate", growth_rate), ("init_features", init_features), ("bn_size", bn_size)):
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{knob}={value!r} is not valid; give a positive integer")
+            check_int(knob, value, 1)
         self.growth_rate = growth_rate
         self.block_config = block_config
         self.stem_type = stem
@@ -273,6 +284,10 @@ class DenseNet(Backbone):
         self.body = nn.ModuleDict(body)
         self.num_features = channels
         self.classifier = nn.Linear(channels, num_classes) if num_classes > 0 else nn.Identity()
+        if self.reference == "tf":
+            for m in self.modules():
+                if isinstance(m, nn.BatchNorm2d):
+                    m.eps = KERAS_BN_EPS
         self.init_weights()
 
     def stage_modules(self) -> list[list[str]]:
@@ -325,33 +340,22 @@ class DenseNet(Backbone):
         return out
 
 
-def _imagenet_card(name: str, params: int, macs: int, top1: float | None, **kw) -> ModelCard:
-    return ModelCard(
+_PAPER = "Huang et al., Densely Connected Convolutional Networks, arXiv:1608.06993"
+_TABLES = {
+    "imagenet": "structure: paper Table 1; counts: arch_reference §1 ({}, computed)",
+    "cifar": "structure: paper §3 / Table 2; counts: arch_reference §1 ({}, computed, CIFAR-10 head)",
+}
+
+
+def _card(preset: str, name: str, params: int, macs: int, top1: float | None, **kw) -> ModelCard:
+    return make_card(
+        preset,
         family="densenet",
-        paper="Huang et al., Densely Connected Convolutional Networks, arXiv:1608.06993",
-        table=f"structure: paper Table 1; counts: arch_reference §1 ({name}, computed)",
+        paper=_PAPER,
+        table=_TABLES[preset].format(name),
         params=params,
         macs=macs,
         top1=top1,
-        **kw,
-    )
-
-
-def _cifar_card(name: str, params: int, macs: int, paper_params: float, top1: float | None, **kw) -> ModelCard:
-    return ModelCard(
-        family="densenet",
-        paper="Huang et al., Densely Connected Convolutional Networks, arXiv:1608.06993",
-        table=f"structure: paper §3 / Table 2; counts: arch_reference §1 ({name}, computed, CIFAR-10 head)",
-        params=params,
-        macs=macs,
-        input_size=32,
-        num_classes=10,
-        top1=top1,
-        mean=CIFAR_MEAN,
-        std=CIFAR_STD,
-        crop_pct=1.0,
-        detection_ready=False,
-        paper_params=paper_params,
         **kw,
     )
 
@@ -373,13 +377,14 @@ def _row(name: str) -> dict:
 register_model(
     "densenet121",
     DenseNet,
-    _imagenet_card("DenseNet-121", 7_978_856, 2_834_000_000, 74.434, twins=_twins("densenet121"), notes=_TV_TOP1),
+    _card("imagenet", "DenseNet-121", 7_978_856, 2_834_000_000, 74.434, twins=_twins("densenet121"), notes=_TV_TOP1),
     **_row("densenet121"),
 )
 register_model(
     "densenet161",
     DenseNet,
-    _imagenet_card(
+    _card(
+        "imagenet",
         "DenseNet-161",
         28_681_000,
         7_728_000_000,
@@ -392,19 +397,20 @@ register_model(
 register_model(
     "densenet169",
     DenseNet,
-    _imagenet_card("DenseNet-169", 14_149_480, 3_360_000_000, 75.6, twins=_twins("densenet169"), notes=_TV_TOP1),
+    _card("imagenet", "DenseNet-169", 14_149_480, 3_360_000_000, 75.6, twins=_twins("densenet169"), notes=_TV_TOP1),
     **_row("densenet169"),
 )
 register_model(
     "densenet201",
     DenseNet,
-    _imagenet_card("DenseNet-201", 20_013_928, 4_291_000_000, 76.896, twins=_twins("densenet201"), notes=_TV_TOP1),
+    _card("imagenet", "DenseNet-201", 20_013_928, 4_291_000_000, 76.896, twins=_twins("densenet201"), notes=_TV_TOP1),
     **_row("densenet201"),
 )
 register_model(
     "densenet264",
     DenseNet,
-    _imagenet_card(
+    _card(
+        "imagenet",
         "DenseNet-264",
         33_337_704,
         5_752_000_000,
@@ -417,12 +423,13 @@ register_model(
 register_model(
     "densenet_40_k12",
     DenseNet,
-    _cifar_card(
+    _card(
+        "cifar",
         "DenseNet (L=40,k=12)",
         1_019_722,
         265_000_000,
-        1.0e6,
         94.76,
+        paper_params=1.0e6,
         notes=f"16-channel stem (a 2k=24 stem would give 1,059,298 params, off the paper's 1.0M). {_C10}",
     ),
     **_row("densenet_40_k12"),
@@ -430,24 +437,25 @@ register_model(
 register_model(
     "densenet_100_k12",
     DenseNet,
-    _cifar_card("DenseNet (L=100,k=12)", 6_979_642, 1_770_000_000, 7.0e6, 95.90, notes=_C10),
+    _card("cifar", "DenseNet (L=100,k=12)", 6_979_642, 1_770_000_000, 95.90, paper_params=7.0e6, notes=_C10),
     **_row("densenet_100_k12"),
 )
 register_model(
     "densenet_100_k24",
     DenseNet,
-    _cifar_card("DenseNet (L=100,k=24)", 27_249_082, 6_889_000_000, 27.2e6, 96.26, notes=_C10),
+    _card("cifar", "DenseNet (L=100,k=24)", 27_249_082, 6_889_000_000, 96.26, paper_params=27.2e6, notes=_C10),
     **_row("densenet_100_k24"),
 )
 register_model(
     "densenet_bc_100_k12",
     DenseNet,
-    _cifar_card(
+    _card(
+        "cifar",
         "DenseNet-BC (L=100,k=12)",
         769_162,
         288_000_000,
-        0.8e6,
         None,
+        paper_params=0.8e6,
         notes="paper params 0.8M (slides: 'DenseNet (100 Layers, 0.8 M)'); its error is not in shared/papers",
     ),
     **_row("densenet_bc_100_k12"),
@@ -455,12 +463,13 @@ register_model(
 register_model(
     "densenet_bc_250_k24",
     DenseNet,
-    _cifar_card(
+    _card(
+        "cifar",
         "DenseNet-BC (L=250,k=24)",
         15_324_406,
         5_419_000_000,
-        15.3e6,
         None,
+        paper_params=15.3e6,
         notes="paper params 15.3M (slides: 'DenseNet (250 Layers, 15.3 M)'); its error is not in shared/papers",
     ),
     **_row("densenet_bc_250_k24"),
@@ -468,12 +477,13 @@ register_model(
 register_model(
     "densenet_bc_190_k40",
     DenseNet,
-    _cifar_card(
+    _card(
+        "cifar",
         "DenseNet-BC (L=190,k=40)",
         25_624_430,
         9_302_000_000,
-        25.6e6,
         96.54,
+        paper_params=25.6e6,
         notes=f"NASNet Table 1 misprints it as 'DenseNet-BC (L=100, k=40)' with depth 190. {_C10}",
     ),
     **_row("densenet_bc_190_k40"),

@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .checks import check, check_choice, check_probability
+
 NORMS = ("bn", "frozen_bn", "sync_bn", "gn")
 
 
@@ -54,8 +56,7 @@ def convert_norm(module: nn.Module, norm: str) -> nn.Module:
     ``"frozen_bn"`` keeps the running statistics; ``"gn"`` keeps gamma/beta and uses gcd(C, 32) groups;
     ``"sync_bn"`` uses ``nn.SyncBatchNorm`` (needs torch.distributed at training time).
     """
-    if norm not in NORMS:
-        raise ValueError(f"norm={norm!r} is not valid; choose one of {', '.join(NORMS)}")
+    check_choice("norm", norm, NORMS)
     if norm == "bn":
         return module
     if norm == "sync_bn":
@@ -171,6 +172,12 @@ class SqueezeExcite(nn.Module):
         return x * s.sigmoid()
 
 
+def check_se_ratio(se_ratio: object) -> None:
+    """Raise ``ValueError`` unless ``se_ratio`` is a valid SE reduction r option: None or 0 (no SE) or an int > 0."""
+    ok = se_ratio is None or (isinstance(se_ratio, int) and not isinstance(se_ratio, bool) and se_ratio >= 0)
+    check("se_ratio", se_ratio, ok, "use None or 0 (no SE) or a positive integer such as 16 (SENet's r)")
+
+
 class DropPath(nn.Module):
     """Per-sample drop of a whole residual/cell path (stochastic depth), identity in eval.
 
@@ -181,8 +188,7 @@ class DropPath(nn.Module):
 
     def __init__(self, drop_prob: float = 0.0, scheduled: bool = False) -> None:
         super().__init__()
-        if not 0.0 <= drop_prob < 1.0:
-            raise ValueError(f"drop_prob={drop_prob} must be in [0, 1)")
+        check_probability("drop_prob", drop_prob)
         self.drop_prob = drop_prob
         self.scheduled = scheduled
         self.progress = 1.0 if not scheduled else 0.0
@@ -212,12 +218,16 @@ def set_drop_path_progress(module: nn.Module, progress: float) -> None:
             m.progress = float(progress)
 
 
-def channel_shuffle(x: Tensor, groups: int) -> Tensor:
+def channel_shuffle(x: Tensor, groups: int, inverse: bool = False) -> Tensor:
     """ShuffleNet channel shuffle (paper §3.1): view channels as (g, n), transpose to (n, g), flatten.
 
+    ``inverse=True`` is the inverse permutation, megvii ShuffleNet-Series' ``channel_shuffle`` (view as (n, g),
+    transpose to (g, n)): a different network for most (g, n), the one their released weights were trained in.
     One copy: the view and transpose are free, ``reshape`` of the transposed view materialises once.
     """
     b, c, h, w = x.shape
+    if inverse:
+        return x.view(b, c // groups, groups, h, w).transpose(1, 2).reshape(b, c, h, w)
     return x.view(b, groups, c // groups, h, w).transpose(1, 2).reshape(b, c, h, w)
 
 
@@ -228,6 +238,29 @@ def same_pad(x: Tensor, kernel_size: int, stride: int, dilation: int = 1, value:
     pad_h = max((math.ceil(ih / stride) - 1) * stride + eff - ih, 0)
     pad_w = max((math.ceil(iw / stride) - 1) * stride + eff - iw, 0)
     return F.pad(x, [pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2], value=value)
+
+
+class Conv2dSame(nn.Conv2d):
+    """``nn.Conv2d`` with TensorFlow 'SAME' padding computed from each input's size (``reference="tf"``: TF-slim and
+    Keras pad a stride-2 conv on an even side by one pixel at the bottom/right only). Same parameters and state-dict
+    keys as ``nn.Conv2d``; the ``padding`` argument is ignored."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, **kwargs) -> None:
+        kwargs.pop("padding", None)
+        super().__init__(in_channels, out_channels, kernel_size, stride, 0, **kwargs)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return super().forward(same_pad(x, self.kernel_size[0], self.stride[0], self.dilation[0]))
+
+
+class MaxPool2dSame(nn.MaxPool2d):
+    """``nn.MaxPool2d`` with TensorFlow 'SAME' padding (padded cells never win: -inf), e.g. Keras Xception's pools."""
+
+    def __init__(self, kernel_size: int, stride: int) -> None:
+        super().__init__(kernel_size, stride, 0)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return super().forward(same_pad(x, self.kernel_size, self.stride, value=float("-inf")))
 
 
 class FactorizedReduce(nn.Module):

@@ -18,8 +18,11 @@ Options beyond the paper:
 * ``se_ratio > 0`` puts a squeeze-and-excitation block (SENet) on the output of every depthwise-separable layer
   (SE-MobileNet); ``se_ratio=16`` is SENet's reduction r = 16 (as in every family).
 * MobileNet v1 has no residual connections, so there is no path to drop: ``drop_path_rate`` must be 0.
-* ``reference_padding`` is accepted and changes nothing: every conv is padded ``k // 2`` exactly as in the timm twin,
-  which already gives every level exactly ``H / 2**i``.
+* ``reference`` (docs/weights.md): None (default) pads every conv ``k // 2`` as the timm twin, which already gives
+  every level exactly ``H / 2**i``; ``"timm"`` is the same with ReLU6 (timm's ``mobilenetv1_100``); ``"tf"`` is
+  TF-slim's and Keras' network: 'SAME' padding, so a stride-2 conv on an even side pads one pixel at the bottom/right
+  only (levels stay ``H / 2**i``), BN eps 1e-3 and ReLU6: the numerics of their published checkpoints.
+  ``act=None`` means ReLU6 under ``"timm"``/``"tf"`` and ReLU otherwise; ``reference_padding`` changes nothing.
 
 Levels: c1..c5 = the outputs of depthwise-separable layers 1, 3, 5, 11 and 13, the last layer at each stride (as timm's
 ``feature_info``; arch_reference §4 taps c1 one conv earlier, at the stem, which has the same stride). For
@@ -28,7 +31,6 @@ Levels: c1..c5 = the outputs of depthwise-separable layers 1, 3, 5, 11 and 13, t
 
 from __future__ import annotations
 
-import difflib
 import logging
 import math
 import re
@@ -38,8 +40,9 @@ import torch
 from torch import Tensor, nn
 
 from .base import Backbone
-from .layers import ConvNormAct, SqueezeExcite
-from .registry import INCEPTION_MEAN, INCEPTION_STD, ModelCard, register_model
+from .checks import check, check_choice
+from .layers import Conv2dSame, ConvNormAct, SqueezeExcite, check_se_ratio
+from .registry import ModelCard, make_card, register_model, resolve_reference
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +68,8 @@ LAYERS: tuple[tuple[int, int], ...] = (
 )
 MIN_DEPTH = 8  # TF-slim mobilenet_v1(min_depth=8)
 ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "relu6": nn.ReLU6}
+REFERENCES = ("timm", "tf")
+TF_BN_EPS = 1e-3  # TF-slim mobilenet_v1_arg_scope batch_norm_epsilon; Keras BatchNormalization default
 
 
 @dataclass(frozen=True)
@@ -131,8 +136,12 @@ ROWS: dict[str, MobileNetV1Row] = {
 }
 
 
-def _conv_bn_act(cin: int, cout: int, kernel_size: int, stride: int, act: str, groups: int = 1) -> ConvNormAct:
-    block = ConvNormAct(cin, cout, kernel_size, stride, groups=groups)
+def _conv_bn_act(
+    cin: int, cout: int, kernel_size: int, stride: int, act: str, groups: int = 1, tf: bool = False
+) -> ConvNormAct:
+    block = ConvNormAct(cin, cout, kernel_size, stride, groups=groups, eps=TF_BN_EPS if tf else 1e-5)
+    if tf and stride > 1:  # TF 'SAME': asymmetric on even sides
+        block.conv = Conv2dSame(cin, cout, kernel_size, stride, groups=groups, bias=False)
     if act != "relu":
         block.act = ACTIVATIONS[act](inplace=True)
     return block
@@ -141,19 +150,14 @@ def _conv_bn_act(cin: int, cout: int, kernel_size: int, stride: int, act: str, g
 class DepthwiseSeparable(nn.Sequential):
     """Fig. 3 right: ``dw`` (3x3, stride, BN, act) -> ``pw`` (1x1, BN, act) [-> ``se``]."""
 
-    def __init__(self, cin: int, cout: int, stride: int, act: str = "relu", se_ratio: int = 0) -> None:
+    def __init__(
+        self, cin: int, cout: int, stride: int, act: str = "relu", se_ratio: int = 0, tf: bool = False
+    ) -> None:
         super().__init__()
-        self.dw = _conv_bn_act(cin, cin, 3, stride, act, groups=cin)
-        self.pw = _conv_bn_act(cin, cout, 1, 1, act)
+        self.dw = _conv_bn_act(cin, cin, 3, stride, act, groups=cin, tf=tf)
+        self.pw = _conv_bn_act(cin, cout, 1, 1, act, tf=tf)
         if se_ratio > 0:
             self.se = SqueezeExcite(cout, reduction=se_ratio)
-
-
-def _choice(name: str, value: str, valid: dict | tuple) -> None:
-    if value not in valid:
-        close = difflib.get_close_matches(str(value), list(valid), n=2)
-        hint = f" (did you mean {', '.join(close)}?)" if close else ""
-        raise ValueError(f"{name}={value!r} is not valid{hint}; choose one of {', '.join(valid)}")
 
 
 class MobileNetV1(Backbone):
@@ -164,22 +168,32 @@ class MobileNetV1(Backbone):
         alpha: float = 1.0,
         num_classes: int = 1000,
         in_chans: int = 3,
-        act: str = "relu",
+        act: str | None = None,
         se_ratio: int = 0,
         drop_path_rate: float = 0.0,
         reference_padding: bool = False,
+        reference: str | None = None,
     ) -> None:
         super().__init__()
-        if not isinstance(alpha, int | float) or alpha <= 0:
-            raise ValueError(f"alpha={alpha!r} must be a positive width multiplier (the paper's: 1.0, 0.75, 0.5, 0.25)")
-        _choice("act", act, ACTIVATIONS)
-        if not isinstance(se_ratio, int) or se_ratio < 0:
-            raise ValueError(f"se_ratio={se_ratio!r} must be an integer SE reduction r >= 0 (0 = no SE, 16 = SENet's)")
-        if drop_path_rate != 0.0:
-            raise ValueError(
-                f"drop_path_rate={drop_path_rate!r} is not valid for MobileNet v1: it has no residual connections, "
-                f"so there is no path to drop; only 0.0 is valid"
-            )
+        self.reference = resolve_reference(reference, reference_padding, REFERENCES, None)
+        tf = self.reference == "tf"
+        if act is None:
+            act = "relu6" if self.reference in REFERENCES else "relu"
+        check(
+            "alpha",
+            alpha,
+            isinstance(alpha, int | float) and alpha > 0,
+            "use a positive width multiplier (the paper's: 1.0, 0.75, 0.5, 0.25)",
+        )
+        check_choice("act", act, ACTIVATIONS)
+        check_se_ratio(se_ratio)
+        check(
+            "drop_path_rate",
+            drop_path_rate,
+            drop_path_rate == 0.0,
+            "MobileNet v1 has no residual connections, so there is no path to drop; only 0.0 is valid",
+        )
+        se_ratio = se_ratio or 0
         self.alpha = float(alpha)
         self.act = act
         self.reference_padding = reference_padding  # no-op: the symmetric k // 2 padding is the twin's
@@ -188,11 +202,11 @@ class MobileNetV1(Backbone):
             return max(int(d * alpha), MIN_DEPTH)
 
         cin = depth(STEM_CHANNELS)
-        body: dict[str, nn.Module] = {"stem": _conv_bn_act(in_chans, cin, 3, 2, act)}
+        body: dict[str, nn.Module] = {"stem": _conv_bn_act(in_chans, cin, 3, 2, act, tf=tf)}
         stride = 2
         for i, (s, out) in enumerate(LAYERS):
             cout = depth(out)
-            body[f"block{i + 1}"] = DepthwiseSeparable(cin, cout, s, act, se_ratio)
+            body[f"block{i + 1}"] = DepthwiseSeparable(cin, cout, s, act, se_ratio, tf)
             stride *= s
             cin = cout
             if i + 1 == len(LAYERS) or LAYERS[i + 1][0] == 2:  # the last layer at this stride is the level
@@ -256,7 +270,8 @@ class MobileNetV1(Backbone):
 def _card(name: str) -> ModelCard:
     row = ROWS[name]
     tables = "Tables 6 and 7" if row.alpha == 1.0 else "Table 6"
-    return ModelCard(
+    return make_card(
+        "inception",  # TF-slim's and timm's MobileNet v1 weights take inputs in [-1, 1]
         family="mobilenet",
         paper=PAPER,
         table=(
@@ -266,8 +281,6 @@ def _card(name: str) -> ModelCard:
         params=row.params,
         macs=row.macs[224],
         top1=row.top1,
-        mean=INCEPTION_MEAN,  # TF-slim's and timm's MobileNet v1 weights take inputs in [-1, 1]
-        std=INCEPTION_STD,
         paper_params=row.paper_params,
         paper_macs=row.paper_macs,
         macs_at={side: m for side, m in row.macs.items() if side != 224},

@@ -21,7 +21,8 @@ Deviations, each behind an option:
   before the classifier (``drop_rate``).
 
 ``reference_padding`` is accepted for the common contract; every padding here already matches the twins, and every
-level ``c<i>`` is exactly ``H / 2**i`` for sides that are multiples of 32.
+level ``c<i>`` is exactly ``H / 2**i`` for sides that are multiples of 32. For the same reason ``reference="timm"``
+and ``"torchvision"`` (docs/weights.md) compute as the default.
 """
 
 from __future__ import annotations
@@ -33,8 +34,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .base import Backbone
-from .layers import DropPath, SqueezeExcite
-from .registry import ModelCard, register_model
+from .checks import check, check_choice, check_int, check_probability
+from .layers import DropPath, SqueezeExcite, check_se_ratio
+from .registry import ModelCard, register_model, resolve_reference
 from .weights import rename_keys
 
 STEM_TYPES = ("7x7", "deep")
@@ -168,11 +170,6 @@ def _stem(in_chans: int, stem_type: str) -> tuple[nn.Sequential, int]:
     return nn.Sequential(mods), c
 
 
-def _check(name: str, value: object, ok: bool, valid: str) -> None:
-    if not ok:
-        raise ValueError(f"{name}={value!r} is not valid; {valid}")
-
-
 class ResNeXt(Backbone):
     """Bottleneck residual network: ResNet (C=1, d=64), ResNeXt (C x d), SE variants (``se_ratio``), SENet-154.
 
@@ -216,35 +213,32 @@ class ResNeXt(Backbone):
         drop_path_rate: float = 0.0,
         reference_padding: bool = False,
         zero_init_last: bool = True,
+        reference: str | None = None,
     ) -> None:
         super().__init__()
+        self.reference = resolve_reference(reference, reference_padding, ("timm", "torchvision"), None)
         layers = tuple(layers)
-        _check(
+        check(
             "layers",
             layers,
             len(layers) == 4 and all(isinstance(n, int) and n >= 1 for n in layers),
             "give four positive block counts, e.g. (3, 4, 6, 3)",
         )
-        _check("cardinality", cardinality, isinstance(cardinality, int) and cardinality >= 1, "use an integer >= 1")
-        _check("base_width", base_width, isinstance(base_width, int) and base_width >= 1, "use an integer >= 1")
-        _check(
-            "se_ratio",
-            se_ratio,
-            se_ratio is None or (isinstance(se_ratio, int) and se_ratio >= 0),
-            "use None or 0 (no SE) or a positive integer such as 16",
-        )
-        _check("stem_type", stem_type, stem_type in STEM_TYPES, f"choose one of {', '.join(map(repr, STEM_TYPES))}")
-        _check("down_kernel_size", down_kernel_size, down_kernel_size in DOWN_KERNEL_SIZES, "choose 1 or 3")
-        _check("reduce_first", reduce_first, isinstance(reduce_first, int) and reduce_first >= 1, "use an integer >= 1")
+        check_int("cardinality", cardinality, 1)
+        check_int("base_width", base_width, 1)
+        check_se_ratio(se_ratio)
+        check_choice("stem_type", stem_type, STEM_TYPES)
+        check_choice("down_kernel_size", down_kernel_size, DOWN_KERNEL_SIZES)
+        check_int("reduce_first", reduce_first, 1)
         first_width = (STAGE_PLANES[0] * base_width // 64) * cardinality
-        _check(
+        check(
             "cardinality",
             cardinality,
             first_width // reduce_first % cardinality == 0,
             f"the first 1x1 width {first_width}/{reduce_first} must be divisible by it",
         )
-        _check("drop_rate", drop_rate, 0.0 <= drop_rate < 1.0, "use a probability in [0, 1)")
-        _check("drop_path_rate", drop_path_rate, 0.0 <= drop_path_rate < 1.0, "use a probability in [0, 1)")
+        check_probability("drop_rate", drop_rate)
+        check_probability("drop_path_rate", drop_path_rate)
         self.reference_padding = reference_padding
         self.drop_rate = drop_rate
 

@@ -22,6 +22,9 @@ Options:
   from 0 at the first unit to the rate at the last;
 * ``reference_padding`` is accepted and changes nothing: the reference pads every conv and pool by ``k // 2``,
   which already gives every level exactly ``H / 2**i``.
+* ``reference="megvii"`` (docs/weights.md) shuffles as megvii-model/ShuffleNet-Series does (``blocks.py``
+  ``channel_shuffle``: reshape to (n, g), permute to (g, n)), the inverse of the paper's permutation: the network
+  their released g3 / g8 weights were trained in.
 
 The classifier has no bias, as in the megvii reference the card's counts come from. Levels: c1 = stem conv
 (stride 2), c2 = after the max-pool (stride 4, the stem's channels), c3..c5 = Stage 2..4 outputs; for
@@ -37,8 +40,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .base import Backbone
-from .layers import ConvNormAct, DropPath, SqueezeExcite, channel_shuffle
-from .registry import ModelCard, register_model
+from .checks import check_probability
+from .layers import ConvNormAct, DropPath, SqueezeExcite, channel_shuffle, check_se_ratio
+from .registry import ModelCard, register_model, resolve_reference
 
 PAPER = "Zhang et al. 2017, ShuffleNet, arXiv:1707.01083"
 
@@ -100,6 +104,7 @@ class ShuffleUnit(nn.Module):
         groups: g of both pointwise group convolutions and of the shuffle.
         group_first: False for the first unit of Stage 2, whose first pointwise conv is not grouped (Table 1, note 1).
         shuffle: apply the channel shuffle (False = Table 3's "no shuffle").
+        inverse_shuffle: megvii's order, the inverse permutation of the paper's.
         se_ratio: SE block on the branch output when > 0.
         drop_path: drop probability of the branch of a stride-1 unit.
     """
@@ -114,8 +119,10 @@ class ShuffleUnit(nn.Module):
         shuffle: bool = True,
         se_ratio: int = 0,
         drop_path: float = 0.0,
+        inverse_shuffle: bool = False,
     ) -> None:
         super().__init__()
+        self.inverse_shuffle = inverse_shuffle
         if stride not in (1, 2):
             raise ValueError(f"stride={stride!r} is not valid for a ShuffleNet unit; use 1 or 2")
         if stride == 1 and in_channels != out_channels:
@@ -141,7 +148,7 @@ class ShuffleUnit(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         y = self.pw1(x)
         if self.shuffle_groups > 1:
-            y = channel_shuffle(y, self.shuffle_groups)  # Fig. 2: right after the first GConv
+            y = channel_shuffle(y, self.shuffle_groups, self.inverse_shuffle)  # Fig. 2: right after the first GConv
         y = self.pw2(self.dw(y))
         if self.se is not None:
             y = self.se(y)
@@ -165,18 +172,19 @@ class ShuffleNetV1(Backbone):
         se_ratio: int = 0,
         drop_path_rate: float = 0.0,
         reference_padding: bool = False,
+        reference: str | None = None,
     ) -> None:
         super().__init__()
+        self.reference = resolve_reference(reference, reference_padding, ("megvii",), None)
         if (groups, scale) not in STAGE_CHANNELS:
             valid = ", ".join(f"(groups={g}, scale={s})" for g, s in STAGE_CHANNELS)
             raise ValueError(
                 f"(groups={groups!r}, scale={scale!r}) has no channel table (paper Table 1 for 1x, megvii's official "
                 f"configs for other scales); valid: {valid}"
             )
-        if not isinstance(se_ratio, int) or se_ratio < 0:
-            raise ValueError(f"se_ratio={se_ratio!r} must be an integer SE reduction r >= 0 (0 = no SE, 16 = SENet's)")
-        if not 0.0 <= drop_path_rate < 1.0:
-            raise ValueError(f"drop_path_rate={drop_path_rate!r} must be in [0, 1)")
+        check_se_ratio(se_ratio)
+        check_probability("drop_path_rate", drop_path_rate)
+        se_ratio = se_ratio or 0
         self.groups = groups
         self.scale = scale
         self.channel_shuffle = channel_shuffle
@@ -205,6 +213,7 @@ class ShuffleNetV1(Backbone):
                         shuffle=channel_shuffle,
                         se_ratio=se_ratio,
                         drop_path=rate,
+                        inverse_shuffle=self.reference == "megvii",
                     )
                 )
                 cin, unit = cout, unit + 1

@@ -16,6 +16,10 @@ Deviations, each behind an option:
   H/2; the ceil-mode 3x3/2 pools then halve every even side exactly, so every level is exactly H/2**i for sides that
   are multiples of 32. ``reference_padding=True`` restores the valid conv1 (torchvision's sizes exactly). The default
   costs more mult-adds at 224 (887.5 M vs 818.9 M for 1.0, 387.4 M vs 349.2 M for 1.1: larger maps, same weights).
+* ``reference`` (docs/weights.md): ``"torchvision"`` = ``reference_padding=True`` (valid conv1); ``"caffe"`` is the
+  authors' prototxts: valid conv1 and, for 1.0 (``SqueezeNet_v1.0`` and the bypass "SqueezeNet-Residual"), conv10
+  padded by 1, so the 1x1 classifier also sees a ring of zeros whose ReLU(bias) joins the global average (v1.1's
+  prototxt does not pad conv10: ``"caffe"`` is torchvision's network there).
 * c5. The original net stops at stride 16 (fire9). Level ``c5`` is a parameter-free 3x3/2 max-pool (padding 1, so
   ceil(H/2) for any side) of fire9's output, run only when ``c5`` is requested: the classifier path (fire9 -> dropout
   -> conv10 -> ReLU -> global average pool) and the parameter and mult-add counts are those of the paper.
@@ -32,7 +36,6 @@ Deviations, each behind an option:
 
 from __future__ import annotations
 
-import difflib
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -41,8 +44,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .base import Backbone
-from .layers import ConvNormAct, DropPath, SqueezeExcite
-from .registry import ModelCard, register_model
+from .checks import check_choice, check_int, check_probability
+from .layers import ConvNormAct, DropPath, SqueezeExcite, check_se_ratio
+from .registry import ModelCard, register_model, resolve_reference
 
 VERSIONS = ("1_0", "1_1")
 BYPASSES = ("none", "simple", "complex")
@@ -121,18 +125,6 @@ class Fire(nn.Module):
         return out
 
 
-def _check(name: str, value: object, ok: bool, valid: str) -> None:
-    if not ok:
-        raise ValueError(f"{name}={value!r} is not valid; {valid}")
-
-
-def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        close = difflib.get_close_matches(str(value), choices, n=2, cutoff=0.5)
-        hint = f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
-        raise ValueError(f"{name}={value!r} is not valid{hint}; choose one of {', '.join(map(repr, choices))}")
-
-
 class SqueezeNet(Backbone):
     """SqueezeNet 1.0 / 1.1 (``version``) with optional bypass, SE and stochastic depth.
 
@@ -148,6 +140,7 @@ class SqueezeNet(Backbone):
         in_chans: input channels.
         drop_path_rate: stochastic depth of the last bypassed Fire module, linear in depth; needs a bypass.
         reference_padding: valid-padded conv1 as torchvision/Caffe (feature sizes then not exactly H/2**i).
+        reference: None, ``"torchvision"`` or ``"caffe"`` (see the module docstring).
     """
 
     head_modules = ("classifier",)
@@ -163,19 +156,17 @@ class SqueezeNet(Backbone):
         in_chans: int = 3,
         drop_path_rate: float = 0.0,
         reference_padding: bool = False,
+        reference: str | None = None,
     ) -> None:
         super().__init__()
-        _check_choice("version", version, VERSIONS)
-        _check_choice("bypass", bypass, BYPASSES)
-        _check(
-            "se_ratio",
-            se_ratio,
-            se_ratio is None or (isinstance(se_ratio, int) and se_ratio >= 0),
-            "use None or 0 (no SE) or a positive integer such as 16",
-        )
-        _check("drop_rate", drop_rate, 0.0 <= drop_rate < 1.0, "use a probability in [0, 1)")
-        _check("drop_path_rate", drop_path_rate, 0.0 <= drop_path_rate < 1.0, "use a probability in [0, 1)")
-        _check("num_classes", num_classes, isinstance(num_classes, int) and num_classes >= 0, "use an integer >= 0")
+        self.reference = resolve_reference(reference, reference_padding, ("torchvision", "caffe"), "torchvision")
+        reference_padding = self.reference is not None
+        check_choice("version", version, VERSIONS)
+        check_choice("bypass", bypass, BYPASSES)
+        check_se_ratio(se_ratio)
+        check_probability("drop_rate", drop_rate)
+        check_probability("drop_path_rate", drop_path_rate)
+        check_int("num_classes", num_classes)
         if drop_path_rate > 0 and bypass == "none":
             raise ValueError(
                 f"drop_path_rate={drop_path_rate} needs a residual path, but bypass='none'; "
@@ -221,7 +212,11 @@ class SqueezeNet(Backbone):
         self.num_features = channels
         self.num_classes = num_classes
         # conv10: 1x1 conv classifier with bias, followed by ReLU and global average pooling (Table 1)
-        self.classifier = nn.Conv2d(channels, num_classes, 1) if num_classes > 0 else nn.Identity()
+        # the Caffe v1.0 prototxts pad conv10 by 1 (reference="caffe")
+        self.conv10_pad = 1 if self.reference == "caffe" and version == "1_0" else 0
+        self.classifier = (
+            nn.Conv2d(channels, num_classes, 1, padding=self.conv10_pad) if num_classes > 0 else nn.Identity()
+        )
         self._init_weights()
 
     @torch.no_grad()
@@ -253,7 +248,10 @@ class SqueezeNet(Backbone):
         return F.relu(self.classifier(x), inplace=True).mean((2, 3))
 
     def reset_classifier(self, num_classes: int) -> None:
-        self.classifier = nn.Conv2d(self.num_features, num_classes, 1) if num_classes > 0 else nn.Identity()
+        pad = self.conv10_pad
+        self.classifier = (
+            nn.Conv2d(self.num_features, num_classes, 1, padding=pad) if num_classes > 0 else nn.Identity()
+        )
         if num_classes > 0:
             nn.init.normal_(self.classifier.weight, 0.0, 0.01)
             nn.init.zeros_(self.classifier.bias)

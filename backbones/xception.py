@@ -16,6 +16,10 @@ Deviations, each behind an option:
   ``reference_padding=True`` restores the valid convs exactly.
 * BN eps. Keras' Xception uses eps 1e-3; the PyTorch port whose weights timm publishes (and evaluates) uses PyTorch's
   default 1e-5. ``bn_eps`` defaults to 1e-5 (the twin), ``bn_eps=1e-3`` gives the Keras original.
+* ``reference`` (docs/weights.md): ``"timm"`` = ``reference_padding=True`` (timm ``legacy_xception``, Cadene's port:
+  valid stem, symmetric pools, eps 1e-5); ``"tf"`` = the Keras original: valid stem, BN eps 1e-3 and 'SAME' max-pools,
+  which on an even side pad one pixel at the bottom/right only (Cadene's port pads them symmetrically, shifting the
+  pooling windows of block2 at 299 px by one pixel against the stride-2 shortcut).
 * Levels. ``c2``/``c3``/``c4`` are the ReLU of the outputs of block1, block2 and block11 (the activation the next
   block starts with; a block's output itself is a pre-activation sum), as timm's feature taps. ``c1`` is the stem
   output, ``c5`` the exit flow's final ReLU.
@@ -32,8 +36,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .base import Backbone
-from .layers import DropPath, SeparableConv2d, SqueezeExcite
-from .registry import INCEPTION_MEAN, INCEPTION_STD, ModelCard, register_model
+from .checks import check, check_int, check_probability
+from .layers import DropPath, MaxPool2dSame, SeparableConv2d, SqueezeExcite, check_se_ratio
+from .registry import make_card, register_model, resolve_reference
 from .weights import rename_keys
 
 
@@ -61,6 +66,7 @@ EXIT = (1536, 2048)  # exit flow: SepConv 1536, SepConv 2048
 # levels c2, c3, c4 follow these blocks (1-based); c1 the stem, c5 the exit flow
 LEVEL_BLOCKS = {1: 4, 2: 8, 11: 16}
 BN_EPS = (1e-5, 1e-3)
+REFERENCES = ("timm", "tf")
 
 # timm legacy_xception names -> ours (regex, replacement), in order
 TWIN_RENAMES: tuple[tuple[str, str], ...] = (
@@ -74,7 +80,9 @@ TWIN_RENAMES: tuple[tuple[str, str], ...] = (
 class Block(nn.Module):
     """Residual block of Fig. 5, children named as timm's ``legacy_xception`` (``rep``, ``skip``, ``skipbn``)."""
 
-    def __init__(self, in_channels: int, spec: BlockSpec, eps: float, se_ratio: int | None, drop_path: float) -> None:
+    def __init__(
+        self, in_channels: int, spec: BlockSpec, eps: float, se_ratio: int | None, drop_path: float, tf: bool = False
+    ) -> None:
         super().__init__()
         out = spec.out_channels
         widths = [in_channels]
@@ -88,7 +96,7 @@ class Block(nn.Module):
             rep.append(SeparableConv2d(widths[i], widths[i + 1], 3))
             rep.append(nn.BatchNorm2d(widths[i + 1], eps=eps))
         if spec.stride != 1:
-            rep.append(nn.MaxPool2d(3, spec.stride, 1))
+            rep.append(MaxPool2dSame(3, spec.stride) if tf else nn.MaxPool2d(3, spec.stride, 1))
         self.rep = nn.Sequential(*rep)
         self.skip: nn.Module | None = None
         if spec.stride != 1 or in_channels != out:
@@ -108,48 +116,45 @@ class Block(nn.Module):
         return out
 
 
-def _check(name: str, value: object, ok: bool, valid: str) -> None:
-    if not ok:
-        raise ValueError(f"{name}={value!r} is not valid; {valid}")
-
-
 class Xception(Backbone):
     """Xception (Fig. 5) with exact c1..c5 levels (64@2, 128@4, 256@8, 728@16, 2048@32).
 
     Args:
         se_ratio: SE reduction r on each residual branch; None or 0 turns SE off.
-        bn_eps: BN epsilon: 1e-5 (timm / PyTorch port, default) or 1e-3 (Keras).
+        bn_eps: BN epsilon: 1e-5 (timm / PyTorch port) or 1e-3 (Keras); None: 1e-3 under ``reference="tf"``, else
+            1e-5.
         drop_rate: dropout before the classifier (0.5 in the paper's ImageNet setup, 0 in timm).
         num_classes: classifier outputs (0 = no classifier, pooled features).
         in_chans: input channels.
         drop_path_rate: stochastic depth of the last residual block; block i of 12 gets ``rate * i / 11``.
-        reference_padding: valid-padded conv1/conv2 as the reference (299 -> 149 -> 147).
+        reference_padding: valid-padded conv1/conv2 as the reference (299 -> 149 -> 147): ``reference="timm"``.
+        reference: None, ``"timm"`` or ``"tf"`` (see the module docstring).
     """
 
     def __init__(
         self,
         se_ratio: int | None = None,
-        bn_eps: float = 1e-5,
+        bn_eps: float | None = None,
         drop_rate: float = 0.5,
         num_classes: int = 1000,
         in_chans: int = 3,
         drop_path_rate: float = 0.0,
         reference_padding: bool = False,
+        reference: str | None = None,
     ) -> None:
         super().__init__()
-        _check(
-            "se_ratio",
-            se_ratio,
-            se_ratio is None or (isinstance(se_ratio, int) and se_ratio >= 0),
-            "use None or 0 (no SE) or a positive integer such as 16",
-        )
-        _check("bn_eps", bn_eps, bn_eps in BN_EPS, "use 1e-5 (timm / PyTorch port) or 1e-3 (Keras)")
-        _check("drop_rate", drop_rate, 0.0 <= drop_rate < 1.0, "use a probability in [0, 1)")
-        _check("drop_path_rate", drop_path_rate, 0.0 <= drop_path_rate < 1.0, "use a probability in [0, 1)")
-        _check("num_classes", num_classes, isinstance(num_classes, int) and num_classes >= 0, "use an integer >= 0")
+        self.reference = resolve_reference(reference, reference_padding, REFERENCES, "timm")
+        tf = self.reference == "tf"
+        if bn_eps is None:
+            bn_eps = 1e-3 if tf else 1e-5
+        check_se_ratio(se_ratio)
+        check("bn_eps", bn_eps, bn_eps in BN_EPS, "use 1e-5 (timm / PyTorch port) or 1e-3 (Keras)")
+        check_probability("drop_rate", drop_rate)
+        check_probability("drop_path_rate", drop_path_rate)
+        check_int("num_classes", num_classes)
         self.reference_padding = reference_padding
         self.drop_rate = drop_rate
-        pad = 0 if reference_padding else 1
+        pad = 0 if self.reference is not None else 1
 
         c1, c2 = STEM
         stem = OrderedDict(
@@ -165,7 +170,7 @@ class Xception(Backbone):
         channels = c2
         for i, spec in enumerate(BLOCKS, start=1):
             dpr = drop_path_rate * (i - 1) / (len(BLOCKS) - 1)
-            body[f"block{i}"] = Block(channels, spec, bn_eps, se_ratio, dpr)
+            body[f"block{i}"] = Block(channels, spec, bn_eps, se_ratio, dpr, tf)
             channels = spec.out_channels
             if i in LEVEL_BLOCKS:
                 self.add_feature(channels, LEVEL_BLOCKS[i], f"body.block{i}")
@@ -211,7 +216,8 @@ class Xception(Backbone):
 register_model(
     "xception",
     Xception,
-    ModelCard(
+    make_card(
+        "inception",
         family="xception",
         paper="Chollet 2017, Xception, arXiv:1610.02357",
         table="Table 3 (params, exact); arch_reference section 3 (MACs at 299, computed on timm legacy_xception)",
@@ -219,8 +225,6 @@ register_model(
         macs=8_357_403_496,
         input_size=299,
         top1=79.0,
-        mean=INCEPTION_MEAN,
-        std=INCEPTION_STD,
         crop_pct=0.8975,
         twins={"timm": "legacy_xception"},
         paper_params=22_855_952,

@@ -37,6 +37,9 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".t
 BAD_IMAGE_POLICIES = ("fail", "skip")
 
 
+_FIX_BAD = "Remove or replace the file, or set dataset.bad_images=skip"
+
+
 class BadImageError(RuntimeError):
     """An image file that PIL cannot decode; the message names the file."""
 
@@ -175,23 +178,53 @@ class ImageFolderDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int):
-        from PIL import Image, UnidentifiedImageError
+    @staticmethod
+    def decode(path: str):
+        """The image as RGB; raises :class:`BadImageError` naming ``path`` when PIL cannot decode it."""
+        from PIL import Image
 
-        path, label = self.samples[index]
         try:
             with Image.open(path) as im:
-                image = im.convert("RGB")
-        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+                return im.convert("RGB")
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:  # UnidentifiedImageError: OSError
+            raise BadImageError(f"cannot decode image {path!r}: {e}") from e
+
+    def __getitem__(self, index: int):
+        path, label = self.samples[index]
+        try:
+            image = self.decode(path)
+        except BadImageError as e:
             if self.bad_images == "skip":
-                logger.warning("skipping undecodable image %s: %s", path, e)
+                logger.warning("skipping: %s", e)
                 return None
-            raise BadImageError(
-                f"cannot decode image {path!r}: {e}. Remove or replace the file, or set dataset.bad_images=skip"
-            ) from e
+            raise BadImageError(f"{e}. {_FIX_BAD}") from e
         if self.transform is not None:
             image = self.transform(image)
         return image, label, index
+
+    def check_images(self, split_dir: str, probe: int = 16) -> None:
+        """Decode ``probe`` images, evenly spaced over the split, before any training.
+
+        Refused under both policies when every image tried fails (exact when ``probe`` covers the split, otherwise a
+        sample): the split would yield no images. Under ``"fail"`` any failure is refused; under ``"skip"`` the
+        failures are counted in a warning (the loader skips and counts them again).
+        """
+        n = len(self.samples)
+        picks = sorted({round(k) for k in torch.linspace(0, n - 1, min(probe, n)).tolist()})
+        errors = []
+        for i in picks:
+            try:
+                self.decode(self.samples[i][0])
+            except BadImageError as e:
+                errors.append(str(e))
+        if picks and len(errors) == len(picks):
+            tried = f"any of its {n} images" if len(picks) == n else f"any of {len(picks)} images tried (evenly spaced)"
+            raise BadImageError(f"split folder {split_dir!r} yields no image: PIL cannot decode {tried}; {errors[0]}")
+        if errors and self.bad_images == "fail":
+            raise BadImageError(f"{errors[0]}. {_FIX_BAD}")
+        if errors:
+            logger.warning("%s: %d of %d images probed do not decode and will be skipped (%s)", split_dir,
+                           len(errors), len(picks), "; ".join(errors[:3]))  # fmt: skip
 
 
 def collate_skip_bad(batch: list) -> tuple[Tensor, Tensor, Tensor, int]:
@@ -240,6 +273,8 @@ def imagefolder_datasets(
         samples(train_scan), train_transform(size, mean_, std_, scale, hflip, interpolation, cutout), bad_images
     )
     val = ImageFolderDataset(samples(val_scan), eval_transform(size, mean_, std_, crop, interpolation), bad_images)
+    train.check_images(tdir)
+    val.check_images(vdir)
     logger.info("imagefolder %s: %d classes, %d train / %d val images", root, len(classes), len(train), len(val))
     return ClassificationData(train, val, classes, size, mean_, std_, {"crop_pct": crop})
 

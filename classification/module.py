@@ -1,8 +1,9 @@
 """The only Lightning-aware classification code: :class:`ClassificationModule`, :class:`ClassificationDataModule`
 and :func:`run`, which ``tools/train_cls.py`` calls with the composed Hydra config.
 
-The Trainer comes from the shared :func:`detection.module.build_trainer` (the ``trainer`` config group): devices,
-DDP across GPUs and nodes, mixed precision, gradient clipping, atomic checkpoints, loggers, progress bar.
+The Trainer, checkpoints, resumable loader, solver (``conf/solver``) and the loop around ``Trainer.fit`` are the shared
+runtime of :mod:`training` (the ``trainer`` config group: devices, DDP across GPUs and nodes, mixed precision,
+gradient clipping, atomic checkpoints, loggers, progress bar).
 Evaluation reports top-1 and top-5 on the val split, with the EMA weights when the recipe keeps an average; every
 rank's per-image results are gathered and de-duplicated by dataset index, so each val image counts exactly once
 even when a distributed sampler pads the last batch with repeats.
@@ -10,9 +11,11 @@ even when a distributed sampler pads the last batch with repeats.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-import math
 import os
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,59 +25,174 @@ from torch import Tensor, nn
 from torch.utils.data import BatchSampler, DataLoader, DistributedSampler
 
 import backbones
-from backbones.zoo import backbone_spec
-from detection.evaluation import write_json_atomic
-from detection.module import ResumableTrainData, check_finite_loss, resolve_resume
-
-from .data import ClassificationData, build_datasets, collate_skip_bad
-from .recipes import (
-    ModelEma,
-    build_optimizer,
-    build_schedule,
-    classification_loss,
-    update_drop_path,
+from backbones.atomic import write_json_atomic
+from training.checkpoint import META_KEY, check_checkpoint, inspect_checkpoint
+from training.config import RunKeys, backbone_config, backbone_spec, check_run_config, plain
+from training.lock import run_dir_lock
+from training.optim import Solver, configure_optimizers
+from training.resumable import ResumableTrainData
+from training.schema import ConfigError, key, parse, prefixed, schema_keys
+from training.signals import worker_init
+from training.trainer import (
+    NoImagesError,
+    build_trainer,
+    check_finite_loss,
+    check_resume,
+    count_batch,
+    empty_batch_loss,
+    fit,
 )
+
+from .data import (
+    BAD_IMAGE_POLICIES,
+    CLASSIFICATION_DATASETS,
+    ClassificationData,
+    build_datasets,
+    collate_skip_bad,
+    eval_transform,
+    train_transform,
+)
+from .recipes import ModelEma, classification_loss, update_drop_path
 
 logger = logging.getLogger(__name__)
 
-#: keys of a ``conf/recipe/*.yaml``
-RECIPE_KEYS = (
-    "name",
-    "source",
-    "epochs",
-    "optimizer",
-    "schedule",
-    "label_smoothing",
-    "aux_weight",
-    "ema_decay",
-    "ema_warmup",
-    "cutout",
-    "gradient_clip_val",
-    "model",
-)
+
+# ---- the config's schemas (training.schema), checked before any work ----------------------------------------------
+@dataclass(frozen=True)
+class ClassificationRun(RunKeys):
+    """The top-level keys of ``conf/classify.yaml`` (its groups have schemas of their own)."""
+
+    epochs: int | None = key(None, ge=1, doc="null: trainer.max_epochs, else the dataset's epochs, else solver.epochs")
+    pretrained: bool | str | None = None
+    eval_raw: bool = False
+    cpu_threads: int | None = key(1, ge=1, doc="torch threads of a CPU run; null = torch's choice")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.eval_only and not self.checkpoint and not self.pretrained:
+            raise ConfigError(
+                "eval_only=true with neither checkpoint nor pretrained would evaluate random weights: set "
+                "checkpoint=<a training checkpoint .ckpt> or pretrained=<a weights file or a published source>"
+            )
+        if self.checkpoint and not self.eval_only:
+            raise ConfigError(
+                f"checkpoint={self.checkpoint!r} is read by eval_only=true only: to continue that training run use "
+                f"resume={self.checkpoint}, to start a new one from its weights pretrained=<a state dict file>"
+            )
 
 
-def plain(cfg: Any) -> Any:
-    """A resolved plain-Python copy of an OmegaConf node (or the object itself)."""
-    from omegaconf import DictConfig, ListConfig, OmegaConf
+@dataclass(frozen=True)
+class Recipe:
+    """A ``conf/recipe/*.yaml``: the loss and regularisation of a paper's recipe (its solver is ``conf/solver``)."""
 
-    if isinstance(cfg, DictConfig | ListConfig):
-        return OmegaConf.to_container(cfg, resolve=True)
-    return cfg
+    name: str = "custom"
+    source: str | None = ""
+    label_smoothing: float = key(0.0, ge=0, lt=1)
+    aux_weight: float = key(0.0, ge=0, doc="weight of the auxiliary head's loss")
+    ema_decay: float | None = key(None, ge=0, lt=1, doc="weight EMA; null or 0 = none")
+    ema_warmup: bool = True
+    cutout: int | None = key(0, ge=0, doc="side of the cutout square; 0 = none")
+    model: dict | None = None
+
+
+_MEAN_STD = {"valid": "three numbers, one per RGB channel", "doc": "null = backbone.mean / backbone.std"}
+
+
+@dataclass(frozen=True)
+class _ClassificationDataset:
+    task: str
+    name: str
+    image_size: int | None = key(None, ge=1)
+    mean: tuple[float, float, float] | None = key(None, **_MEAN_STD)
+    std: tuple[float, float, float] | None = key(None, gt=0, **_MEAN_STD)
+    batch_size: int = key(64, ge=1, doc="images per device")
+    val_batch_size: int | None = key(None, ge=1, doc="null = batch_size")
+    num_workers: int = key(0, ge=0, doc="loader processes; 0 = in the main process")
+    epochs: int | None = key(None, ge=1, doc="this dataset's run length; null = the solver's")
+
+
+@dataclass(frozen=True)
+class DigitsDataset(_ClassificationDataset):
+    """``dataset=digits``. ``image_size`` (>= 8) and ``val_fraction`` are checked by the data layer when it builds
+    the set (under the keys' full names), the first work of a run (well under a second)."""
+
+    val_fraction: float = 0.2
+    split_seed: int = key(0, ge=0)
+    shift: int = key(2, ge=0, doc="random translation in pixels")
+
+
+@dataclass(frozen=True)
+class ImageFolderDataset(_ClassificationDataset):
+    """``dataset=imagefolder``. ``crop_pct`` and ``interpolation`` are the data layer's checks (its transforms),
+    run here under the keys' full names."""
+
+    root: str | None = None
+    train_dir: str = "train"
+    val_dir: str = "val"
+    crop_pct: float | None = None
+    scale: tuple[float, float] = key(
+        (0.08, 1.0), gt=0, le=1, check=lambda s: s[0] <= s[1], valid="[min, max] area fractions in (0, 1]"
+    )
+    hflip: float = key(0.5, ge=0, le=1, doc="flip probability")
+    interpolation: str = "bilinear"
+    bad_images: str = key("fail", choices=BAD_IMAGE_POLICIES)
+
+    def __post_init__(self) -> None:
+        if self.root in (None, "", "???"):
+            raise ConfigError(
+                "dataset.root is not set: dataset=imagefolder needs dataset.root=<folder with train/, val/>"
+            )
+        with prefixed("dataset"):
+            train_transform(8, (0, 0, 0), (1, 1, 1), self.scale, self.hflip, self.interpolation)
+            if self.crop_pct is not None:
+                eval_transform(8, (0, 0, 0), (1, 1, 1), self.crop_pct, self.interpolation)
+
+
+DATASET_SCHEMAS = {"digits": DigitsDataset, "imagefolder": ImageFolderDataset}
+
+
+def check_dataset(dataset_cfg: Mapping[str, Any]) -> _ClassificationDataset:
+    """The ``dataset`` group as its checked schema."""
+    cfg = plain(dataset_cfg)
+    if cfg.get("name") not in DATASET_SCHEMAS:
+        raise ConfigError(
+            f"dataset.name={cfg.get('name')!r} is not valid; classification runs take "
+            f"dataset={' or dataset='.join(CLASSIFICATION_DATASETS)}"
+        )
+    return parse(DATASET_SCHEMAS[cfg["name"]], cfg, "dataset")
+
+
+#: keys of a ``conf/recipe/*.yaml`` and top-level keys of conf/classify.yaml (its groups included)
+RECIPE_KEYS = schema_keys(Recipe)
+TOP_KEYS = ("backbone", "dataset", "trainer", "recipe", "solver", *schema_keys(ClassificationRun))
+
+
+def check_recipe(recipe: Any) -> Recipe:
+    """The ``recipe`` group as a checked :class:`Recipe`."""
+    return parse(Recipe, plain(recipe), "recipe")
 
 
 class ClassificationModule(L.LightningModule):
-    """A registered backbone trained as a classifier with a recipe (``conf/recipe/*.yaml``).
+    """A registered backbone trained as a classifier with a recipe (``conf/recipe/*.yaml``) and a solver
+    (``conf/solver/*.yaml``).
 
     Args:
         model_name: a registered model.
         model_options: ``create_model`` options (``pretrained``, ``drop_path_rate``, family knobs, ...).
         num_classes: classifier size (the dataset's class count).
-        recipe: optimiser, schedule, label smoothing, aux weight, EMA decay, ... (see :data:`RECIPE_KEYS`).
-        channels_last: run the model in ``torch.channels_last`` memory format.
+        recipe: label smoothing, aux weight, EMA decay, ... (see :data:`RECIPE_KEYS`).
+        solver: optimiser and learning-rate schedule (a ``solver`` group, :class:`training.optim.Solver`).
+        channels_last: the model's parameters stored channels-last (``create_model(channels_last=...)``).
         compile: wrap the training forward in ``torch.compile`` (the state dict keeps its plain names).
         eval_raw: when EMA is on, also report the raw weights' accuracy as ``val/top1_raw`` / ``val/top5_raw``.
+
+    The input normalisation is the data's (``dataset.mean`` / ``dataset.std``, else ``backbone.mean`` /
+    ``backbone.std``: :func:`run` builds the data with them).
     """
+
+    #: the config keys the runtime names in its messages: plain weights, and the skip policy of unusable images
+    weights_key = "pretrained"
+    skip_setting = "dataset.bad_images"
 
     def __init__(
         self,
@@ -82,22 +200,21 @@ class ClassificationModule(L.LightningModule):
         model_options: dict[str, Any],
         num_classes: int,
         recipe: dict[str, Any],
-        channels_last: bool = False,
+        solver: dict[str, Any],
+        channels_last: bool = True,
         compile: bool = False,
         eval_raw: bool = False,
     ) -> None:
         super().__init__()
-        unknown = sorted(set(recipe) - set(RECIPE_KEYS))
-        if unknown:
-            raise ValueError(f"unknown recipe key(s) {', '.join(unknown)}; valid: {', '.join(RECIPE_KEYS)}")
+        check_recipe(recipe)
         self.save_hyperparameters()
         self.recipe = recipe
-        self.model = backbones.create_model(model_name, num_classes=num_classes, **model_options)
+        self.solver = Solver.from_config(solver)
+        self.model = backbones.create_model(
+            model_name, num_classes=num_classes, channels_last=channels_last, **model_options
+        )
         if getattr(self.model, "features_only", False):
             raise ValueError("classification needs the classifier head; remove features_only from the backbone options")
-        self.channels_last = channels_last
-        if channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
         ema_decay = recipe.get("ema_decay")
         self.ema = ModelEma(self.model, ema_decay, recipe.get("ema_warmup", True)) if ema_decay else None
         # kept out of the module tree (no duplicate state-dict keys); the compiled wrapper shares self.model's weights
@@ -105,35 +222,12 @@ class ClassificationModule(L.LightningModule):
         self.eval_raw = eval_raw
         self.total_steps = 1
         self._val: dict[str, list[Tensor]] = {}
+        self._val_skipped = 0
 
     # ---- optimisation ----------------------------------------------------------------------------------------------
-    def global_batch_size(self) -> int:
-        batch = self.trainer.datamodule.batch_size if self.trainer.datamodule is not None else 1
-        return int(batch * self.trainer.world_size * self.trainer.accumulate_grad_batches)
-
     def configure_optimizers(self):
-        opt_cfg = dict(self.recipe["optimizer"])
-        lr = float(opt_cfg["lr"])
-        ref = opt_cfg.get("reference_batch_size")
-        if ref:  # linear scaling rule (Goyal et al. 2017 §2.1): lr = base_lr * batch / reference batch
-            lr = lr * self.global_batch_size() / float(ref)
-        optimizer = build_optimizer(self.model, opt_cfg, lr)
-        self.total_steps = max(1, int(self.trainer.estimated_stepping_batches))
-        epochs = self.trainer.max_epochs if self.trainer.max_epochs and self.trainer.max_epochs > 0 else 1
-        steps_per_epoch = max(1, math.ceil(self.total_steps / epochs))
-        schedule = build_schedule(
-            self.recipe.get("schedule") or {"name": "constant"}, self.total_steps, steps_per_epoch
-        )
-        logger.info(
-            "optimizer %s lr=%.4g (global batch %d), %d steps, schedule %s",
-            opt_cfg["name"],
-            lr,
-            self.global_batch_size(),
-            self.total_steps,
-            schedule.name,
-        )
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        batch = self.trainer.datamodule.batch_size if self.trainer.datamodule is not None else 1
+        return configure_optimizers(self, self.model, self.solver, batch)  # sets self.total_steps
 
     def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None) -> None:
         optimizer.step(closure=optimizer_closure)
@@ -141,22 +235,23 @@ class ClassificationModule(L.LightningModule):
             self.ema.update(self.model)
 
     # ---- training --------------------------------------------------------------------------------------------------
-    def _prep(self, x: Tensor) -> Tensor:
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
-
     def training_step(self, batch, batch_idx: int) -> Tensor | None:
         x, y, _, skipped = batch
+        count_batch(self, len(y), skipped)
         if skipped:
             self.log("train/skipped_images", float(skipped), reduce_fx="sum", on_step=False, on_epoch=True)
         if len(y) == 0:
-            return None
+            return empty_batch_loss(self)
         progress = update_drop_path(self.model, self.global_step, self.total_steps)
-        out = self._train_forward(self._prep(x))
+        out = self._train_forward(x)
         loss, parts = classification_loss(
             out, y, float(self.recipe.get("label_smoothing", 0.0)), float(self.recipe.get("aux_weight", 0.0))
         )
         check_finite_loss(
-            self, loss, lambda: f"training loss {loss.item():.4g}", lambda: "Lower the recipe's lr or clip gradients"
+            self,
+            loss,
+            lambda: f"training loss {loss.item():.4g}",
+            lambda: "Lower solver.lr, raise solver.warmup_epochs or set trainer.gradient_clip_val",
         )
         self.log("train/loss", loss, prog_bar=True, batch_size=len(y))
         if "aux" in parts:
@@ -172,6 +267,7 @@ class ClassificationModule(L.LightningModule):
 
     def on_validation_epoch_start(self) -> None:
         self._val = {"index": [], "top1": [], "top5": [], "top1_raw": [], "top5_raw": []}
+        self._val_skipped = 0
 
     @staticmethod
     def _hits(logits: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
@@ -182,10 +278,10 @@ class ClassificationModule(L.LightningModule):
         return top[:, 0].eq(y), top.eq(y[:, None]).any(1)
 
     def validation_step(self, batch, batch_idx: int) -> None:
-        x, y, index, _ = batch
+        x, y, index, skipped = batch
+        self._val_skipped += int(skipped)
         if len(y) == 0:
             return
-        x = self._prep(x)
         t1, t5 = self._hits(self.eval_model()(x), y)
         self._val["index"].append(index)
         self._val["top1"].append(t1)
@@ -214,14 +310,35 @@ class ClassificationModule(L.LightningModule):
         keep = first_occurrence(index)  # one result per val image: a distributed sampler pads with repeats
         metrics: dict[str, float] = {}
         keys = ["top1", "top5"] + (["top1_raw", "top5_raw"] if self.ema is not None and self.eval_raw else [])
-        for key in keys:  # the same keys on every rank (collectives), even one that saw no batch
-            hits = self._gather(torch.cat(self._val[key]).to(dev, torch.long) if self._val[key] else empty)[keep]
-            metrics[key] = 100.0 * hits.float().mean().item() if len(hits) else 0.0
+        for name in keys:  # the same keys on every rank (collectives), even one that saw no batch
+            hits = self._gather(torch.cat(self._val[name]).to(dev, torch.long) if self._val[name] else empty)[keep]
+            metrics[name] = 100.0 * hits.float().mean().item() if len(hits) else 0.0
         metrics["images"] = float(len(keep))
-        for key, v in metrics.items():
-            self.log(f"val/{key}", v, prog_bar=key == "top1", rank_zero_only=False, sync_dist=False)
+        if not len(keep):
+            skipped = torch.tensor(self._val_skipped, device=dev)
+            skipped = (
+                int(self.trainer.strategy.reduce(skipped, reduce_op="sum"))
+                if self.trainer.world_size > 1
+                else int(skipped)
+            )
+            what = (
+                f"all {skipped} val images were skipped as unusable ({self.skip_setting}=skip; the warnings above "
+                f"name them)"
+                if skipped
+                else f"it covered no val image (trainer.limit_val_batches={self.trainer.limit_val_batches})"
+            )
+            raise NoImagesError(f"validation saw no image: {what}; metrics over no image would mean nothing")
+        for name, v in metrics.items():
+            self.log(f"val/{name}", v, prog_bar=name == "top1", rank_zero_only=False, sync_dist=False)
 
     # ---- checkpoints -----------------------------------------------------------------------------------------------
+    def checkpoint_meta(self) -> dict[str, Any]:
+        """What this run trains, written into each checkpoint and compared on resume."""
+        return {"task": "classification", "backbone": self.hparams.model_name, "num_classes": self.hparams.num_classes}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[META_KEY] = self.checkpoint_meta()
+
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         keys = checkpoint.get("state_dict", {})
         trained = (checkpoint.get("hyper_parameters") or {}).get("model_name")
@@ -260,7 +377,7 @@ class ClassificationDataModule(ResumableTrainData, L.LightningDataModule):
     """Loaders over :func:`classification.data.build_datasets`; the datasets are built once, on first use.
 
     The loaders shard across ranks themselves (the Trainer gets ``use_distributed_sampler=False``): training
-    through a seeded ``DistributedSampler`` in a :class:`detection.module.ResumableDataLoader`, so a mid-epoch
+    through a seeded ``DistributedSampler`` in a :class:`training.resumable.ResumableDataLoader`, so a mid-epoch
     checkpoint resumes at the next batch of the same order; evaluation through an unshuffled one, whose padding
     repeats evaluation drops.
     """
@@ -298,6 +415,9 @@ class ClassificationDataModule(ResumableTrainData, L.LightningDataModule):
             "persistent_workers": self.num_workers > 0,
             "pin_memory": torch.cuda.is_available(),
             "collate_fn": collate_skip_bad,
+            "worker_init_fn": worker_init(self.trainer.global_rank if self.trainer else 0)
+            if self.num_workers
+            else None,
         }
 
     def train_dataloader(self) -> DataLoader:
@@ -311,35 +431,72 @@ class ClassificationDataModule(ResumableTrainData, L.LightningDataModule):
 
 
 # ---- the run ---------------------------------------------------------------------------------------------------------
+def check_config(cfg: Mapping[str, Any]) -> ClassificationRun:
+    """Every check of a classification config that needs no data or model (before any work is spent): each group's
+    schema, and what the file given to ``checkpoint=`` is. Returns the top-level keys."""
+    groups = {"dataset": check_dataset, "recipe": check_recipe}
+    run = check_run_config(cfg, "classification", ClassificationRun, CLASSIFICATION_DATASETS, groups)
+    if run.checkpoint:
+        info = inspect_checkpoint(os.path.expanduser(run.checkpoint), "checkpoint")
+        check_checkpoint(info, "checkpoint", _expected(cfg), training=True, weights_key="pretrained")
+    return run
+
+
+def _expected(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    return {"task": "classification", "backbone": backbone_config(cfg["backbone"]).name}
+
+
+def _normalization(cfg: Mapping[str, Any], card: backbones.ModelCard) -> backbones.ModelCard:
+    """The card the data is built with: its mean/std replaced by ``backbone.mean`` / ``backbone.std`` (the data uses
+    ``dataset.mean`` / ``dataset.std`` first; both set to other values than the card's is refused)."""
+    mean, std = backbone_config(cfg["backbone"]).normalization()
+    for name, value, card_value in (("mean", mean, card.mean), ("std", std, card.std)):
+        given = cfg["dataset"].get(name)
+        if given is not None and tuple(value) != tuple(card_value) and tuple(given) != tuple(value):
+            raise ConfigError(
+                f"backbone.{name}={list(value)} and dataset.{name}={list(given)} are both set: give the input "
+                f"normalisation once (dataset.{name} wins over backbone.{name} otherwise)"
+            )
+    return dataclasses.replace(card, mean=tuple(mean), std=tuple(std))
+
+
 def run(cfg: Any, output_dir: str | os.PathLike, **trainer_overrides: Any) -> dict[str, float]:
     """Train (or, with ``eval_only``, evaluate) as the composed ``conf/classify.yaml`` says; returns val metrics.
 
-    ``trainer_overrides`` go to ``build_trainer`` (tests pass e.g. ``logger=False``).
+    The whole config is checked first (:func:`check_config`), then the run dir is locked (:mod:`training.lock`) and
+    a ``resume`` checkpoint checked, before any data is read. ``trainer_overrides`` go to ``build_trainer`` (tests
+    pass e.g. ``logger=False`` or ``callbacks``).
     """
-    from detection.module import build_trainer
-
     c = plain(cfg)
-    recipe = dict(c["recipe"])
+    run_keys = check_config(c)
+    output_dir = os.fspath(output_dir)
+    with run_dir_lock(output_dir):
+        if not run_keys.eval_only:
+            check_resume(run_keys.resume, output_dir, _expected(c), ClassificationModule.weights_key)
+        return _run(c, run_keys, output_dir, trainer_overrides)
+
+
+def _run(c: dict[str, Any], run_keys: ClassificationRun, output_dir: str, trainer_overrides: dict) -> dict[str, float]:
+    recipe, solver = dict(c["recipe"]), dict(c["solver"])
     dataset_cfg = dict(c["dataset"])
     trainer_cfg = dict(c["trainer"])
-    name, options = backbone_spec(plain(c["backbone"]))
+    name, options = backbone_spec(c["backbone"])
     options.update(recipe.get("model") or {})
-    if c.get("pretrained"):
-        options["pretrained"] = c["pretrained"]
-    card = backbones.model_card(name)
-    threads = c.get("cpu_threads")
-    if threads and trainer_cfg.get("accelerator") == "cpu":
-        torch.set_num_threads(int(threads))
-    L.seed_everything(int(c.get("seed", 0)), workers=True, verbose=False)
+    if run_keys.pretrained:
+        options["pretrained"] = run_keys.pretrained
+    card = _normalization(c, backbones.model_card(name))
+    if run_keys.cpu_threads and trainer_cfg.get("accelerator") == "cpu":
+        torch.set_num_threads(run_keys.cpu_threads)
+    L.seed_everything(run_keys.seed, workers=True, verbose=False)
 
-    if recipe.get("name") == "sgd_digits" and dataset_cfg.get("name") != "digits":
+    if solver.get("name") == "sgd_digits" and dataset_cfg.get("name") != "digits":
         logger.warning(
-            "recipe=sgd_digits is the short CPU demo recipe; for ImageNet-scale data use the papers' "
+            "solver=sgd_digits is the short CPU demo solver; for ImageNet-scale data use the papers' "
             "recipes (recipe=sgd_imagenet, rmsprop_mobilenet, nasnet_imagenet, nasnet_cifar)"
         )
-    seed = int(c.get("seed", 0))
-    dm = ClassificationDataModule(dataset_cfg, card, cutout=int(recipe.get("cutout") or 0), seed=seed)
-    data = dm.data  # fails early, with a clear message, on a bad dataset
+    dm = ClassificationDataModule(dataset_cfg, card, cutout=int(recipe.get("cutout") or 0), seed=run_keys.seed)
+    with prefixed("dataset"):  # the data layer's messages under the config's key names
+        data = dm.data  # fails early, with a clear message, on a bad dataset
     if "input_size" in backbones.builder_options(name) and "input_size" not in options:
         options["input_size"] = data.image_size  # design resolution (sizes e.g. NASNet's aux head) = training one
     module = ClassificationModule(
@@ -347,30 +504,28 @@ def run(cfg: Any, output_dir: str | os.PathLike, **trainer_overrides: Any) -> di
         options,
         data.num_classes,
         recipe,
-        channels_last=bool(trainer_cfg.get("channels_last", False)),
+        solver,
+        channels_last=bool(trainer_cfg.get("channels_last", True)),
         compile=bool(trainer_cfg.get("compile", False)),
-        eval_raw=bool(c.get("eval_raw", False)),
+        eval_raw=run_keys.eval_raw,
     )
-    # run length: `epochs`, else trainer.max_epochs, else the dataset's (digits: short), else the recipe's (paper's)
-    epochs = c.get("epochs") or trainer_cfg.get("max_epochs") or dataset_cfg.get("epochs") or recipe.get("epochs")
-    overrides: dict[str, Any] = {"max_epochs": int(epochs), "use_distributed_sampler": False}  # the loaders shard
-    if trainer_cfg.get("gradient_clip_val") is None and recipe.get("gradient_clip_val"):
-        overrides["gradient_clip_val"] = float(recipe["gradient_clip_val"])
+    # run length: `epochs`, else trainer.max_epochs, else the dataset's (digits: short), else the solver's (paper's)
+    lengths = (run_keys.epochs, trainer_cfg.get("max_epochs"), dataset_cfg.get("epochs"), solver.get("epochs"))
+    epochs = next((e for e in lengths if e is not None), None)
+    if epochs is None and trainer_cfg.get("max_steps", -1) == -1:
+        raise ConfigError("no run length: set epochs=<N> (or trainer.max_epochs, dataset.epochs, solver.epochs)")
+    overrides: dict[str, Any] = {"max_epochs": -1 if epochs is None else epochs, "use_distributed_sampler": False}
     overrides.update(trainer_overrides)
     trainer = build_trainer(trainer_cfg, output_dir, monitor="val/top1", mode="max", **overrides)
 
-    if c.get("eval_only"):
-        ckpt = c.get("checkpoint")
-        if ckpt and not os.path.isfile(os.path.expanduser(str(ckpt))):
-            raise FileNotFoundError(f"checkpoint {ckpt!r} does not exist")
-        trainer.validate(module, datamodule=dm, ckpt_path=ckpt or None, weights_only=True, verbose=False)
+    if run_keys.eval_only:
+        ckpt = os.path.expanduser(run_keys.checkpoint) if run_keys.checkpoint else None
+        if ckpt:  # now with the class count of this run's data
+            info = inspect_checkpoint(ckpt, "checkpoint")
+            check_checkpoint(info, "checkpoint", module.checkpoint_meta(), training=True, weights_key="pretrained")
+        trainer.validate(module, datamodule=dm, ckpt_path=ckpt, weights_only=True, verbose=False)
     else:
-        ckpt_path = resolve_resume(c.get("resume", False), output_dir)
-        if ckpt_path:
-            logger.info("resuming from %s", ckpt_path)
-        trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
-        if "val/top1" not in trainer.callback_metrics:  # no validation after the last epoch (or nothing left to train)
-            trainer.validate(module, datamodule=dm, verbose=False)
+        fit(trainer, module, dm, run_keys.resume, output_dir)
     metrics = {k.removeprefix("val/"): float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
     metrics["epochs_done"] = float(trainer.current_epoch)
     metrics["global_step"] = float(trainer.global_step)

@@ -3,7 +3,12 @@
 * loader vs model: images/s the training data loader delivers (decode, resize, flip, collate, workers) against
   images/s of a full training step (forward, backward, SGD step) of the configured detector;
 * R50-FPN inference: our ``faster_rcnn`` + ``resnet50`` against torchvision's ``fasterrcnn_resnet50_fpn`` with the
-  same weights, timed interleaved (ours, theirs, ours, ...) so machine load hits both alike.
+  same weights, timed interleaved (ours, theirs, ours, ...) so machine load hits both alike;
+* memory layouts: a training step of the configured detector with every parameter contiguous, with the backbone
+  channels-last (``trainer.channels_last=true``) and with the whole detector channels-last, interleaved.
+
+Each returns one table row (a dict); ``*_COLUMNS`` are the tables' columns for ``backbones.benchmark``'s JSON reports
+and their rendering into ``docs/benchmarks.md``.
 """
 
 from __future__ import annotations
@@ -14,6 +19,36 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
+
+#: (row key, header, format) of :func:`loader_vs_step`'s table
+LOADER_COLUMNS = (
+    ("backbone", "backbone", ""),
+    ("detector", "detector", ""),
+    ("batch_size", "batch", ""),
+    ("workers", "loader workers", ""),
+    ("loader_images_per_s", "loader img/s", ".1f"),
+    ("train_images_per_s", "training step img/s", ".1f"),
+)
+#: (row key, header, format) of :func:`r50_fpn_inference_ratio`'s table
+R50_FPN_COLUMNS = (
+    ("side", "px", ""),
+    ("layout", "our backbone layout", ""),
+    ("repeats", "repeats", ""),
+    ("ours_s", "ours s", ".3f"),
+    ("torchvision_s", "torchvision s", ".3f"),
+    ("ratio", "wall ours/tv", ".3f"),
+    ("ours_cpu_s", "ours CPU s", ".3f"),
+    ("torchvision_cpu_s", "torchvision CPU s", ".3f"),
+    ("cpu_ratio", "CPU ours/tv", ".3f"),
+)
+#: (row key, header, format) of :func:`layout_rows`' table
+LAYOUT_COLUMNS = (
+    ("backbone", "backbone", ""),
+    ("detector", "detector", ""),
+    ("layout", "layout", ""),
+    ("ms_per_step", "ms per training step", ".1f"),
+    ("ratio", "ratio to backbone channels-last", ".3f"),
+)
 
 
 def loader_images_per_second(cfg: Mapping[str, Any], batches: int = 30) -> float:
@@ -59,9 +94,68 @@ def train_step_images_per_second(cfg: Mapping[str, Any], steps: int = 10) -> flo
     return n / elapsed
 
 
+def loader_vs_step(cfg: Mapping[str, Any], steps: int = 10) -> dict[str, Any]:
+    """One row: images/s of ``cfg``'s training loader (``3 * steps`` batches) and of its training step (``steps``)."""
+    return {
+        "backbone": cfg["backbone"]["name"],
+        "detector": cfg["detector"]["name"],
+        "batch_size": cfg["dataset"]["batch_size"],
+        "workers": cfg["dataset"]["workers"],
+        "loader_images_per_s": loader_images_per_second(cfg, batches=3 * steps),
+        "train_images_per_s": train_step_images_per_second(cfg, steps=steps),
+    }
+
+
+#: the layouts :func:`layout_step_times` compares: (backbone channels-last, neck and heads channels-last)
+LAYOUTS = {"contiguous": (False, False), "backbone channels-last": (True, False), "all channels-last": (True, True)}
+
+
+def layout_step_times(cfg: Mapping[str, Any], steps: int = 12) -> dict[str, float]:
+    """Median ms of a training step (forward, backward, SGD) of ``cfg``'s detector in each of :data:`LAYOUTS`, the
+    same weights and real batches for all, interleaved step by step (order reversed every other step)."""
+    import copy
+
+    from .module import DetectionDataModule, DetectionModule
+
+    dm = DetectionDataModule({**cfg["dataset"], "workers": 0}, seed=0)
+    dm.prepare_data()
+    dm.setup("fit")
+    models, opts = {}, {}
+    for name, (backbone_cl, all_cl) in LAYOUTS.items():
+        torch.manual_seed(0)
+        c = copy.deepcopy(dict(cfg))
+        c["trainer"] = {**cfg["trainer"], "channels_last": backbone_cl}
+        model = DetectionModule(c, dm.num_classes).model.train()
+        if all_cl:
+            model.to(memory_format=torch.channels_last)
+        models[name] = model
+        opts[name] = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-3, momentum=0.9)
+    batches = [b for _, b in zip(range(steps + 1), dm.train_dataloader())]
+    times: dict[str, list[float]] = {name: [] for name in LAYOUTS}
+    for k, (images, targets, _) in enumerate(batches):
+        targets = [{"boxes": t["boxes"], "labels": t["labels"]} for t in targets]
+        for name in list(LAYOUTS) if k % 2 == 0 else list(reversed(LAYOUTS)):
+            start = time.perf_counter()
+            losses = models[name](images, targets)
+            opts[name].zero_grad()
+            sum(losses.values()).backward()
+            opts[name].step()
+            if k:  # the first step warms up
+                times[name].append(1000 * (time.perf_counter() - start))
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
 @torch.no_grad()
-def r50_fpn_inference_ratio(side: int = 800, repeats: int = 5, channels_last: bool = True) -> dict[str, float]:
-    """Median seconds per image of ours and torchvision's R50-FPN (same random weights, FrozenBN) and their ratio.
+def layout_rows(cfg: Mapping[str, Any], steps: int = 12) -> list[dict[str, Any]]:
+    """:func:`layout_step_times` as table rows, each with its ratio to the backbone-channels-last step."""
+    times = layout_step_times(cfg, steps)
+    ref = times["backbone channels-last"]
+    names = {"backbone": cfg["backbone"]["name"], "detector": cfg["detector"]["name"]}
+    return [{**names, "layout": k, "ms_per_step": ms, "ratio": ms / ref} for k, ms in times.items()]
+
+
+def r50_fpn_inference_ratio(side: int = 800, repeats: int = 5, channels_last: bool = True) -> dict[str, Any]:
+    """One row: median seconds per image of ours and torchvision's R50-FPN (same random weights, FrozenBN), ratios.
 
     Both models are in eval mode, resize to the same ``min_size=side`` (torchvision's 800 / 1333 at ``side=800``)
     and see the same ``side x 4/3 side`` image; the order alternates each repeat (ours first, then torchvision
@@ -90,5 +184,6 @@ def r50_fpn_inference_ratio(side: int = 800, repeats: int = 5, channels_last: bo
     (w_ours, w_tv), (c_ours, c_tv) = interleaved([lambda: ours(image), lambda: tv(image)], repeats)
     a, b = statistics.median(w_ours) / 1000, statistics.median(w_tv) / 1000
     ca, cb = statistics.median(c_ours) / 1000, statistics.median(c_tv) / 1000
-    return {"ours_s": a, "torchvision_s": b, "ratio": a / b, "ours_cpu_s": ca, "torchvision_cpu_s": cb,
-            "cpu_ratio": ca / cb}  # fmt: skip
+    layout = "channels-last" if channels_last else "contiguous"
+    return {"side": side, "layout": layout, "repeats": repeats, "ours_s": a, "torchvision_s": b, "ratio": a / b,
+            "ours_cpu_s": ca, "torchvision_cpu_s": cb, "cpu_ratio": ca / cb}  # fmt: skip

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import logging
 import os
 from collections.abc import Iterable, Mapping, Sequence
@@ -19,6 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
+
+from backbones.atomic import write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +77,7 @@ class CocoEvaluator:
     def reset(self) -> None:
         self.results: dict[int, list[dict[str, Any]]] = {}
         self.seen: set[int] = set()
+        self.decoded = 0  # images with predictions, all ranks (set by gather)
 
     def update(self, targets: Sequence[Mapping[str, Any]], outputs: Sequence[Mapping[str, Tensor]]) -> None:
         for target, output in zip(targets, outputs):
@@ -88,7 +90,8 @@ class CocoEvaluator:
         self.seen.update(int(i) for i in image_ids)
 
     def gather(self) -> tuple[list[dict[str, Any]], list[int]]:
-        """All ranks' results, each image once (a padded sampler may repeat one), and the image ids covered."""
+        """All ranks' results, each image once (a padded sampler may repeat one), and the image ids covered;
+        :attr:`decoded` becomes the number of images that had predictions (the others did not decode)."""
         per_rank = _all_gather((self.results, sorted(self.seen)))
         merged: dict[int, list[dict[str, Any]]] = {}
         seen: set[int] = set()
@@ -96,6 +99,7 @@ class CocoEvaluator:
             merged.update(results)
             seen.update(ids)
         flat = [r for image_id in sorted(merged) for r in merged[image_id]]
+        self.decoded = len(merged)
         undecoded = sorted(seen - set(merged))
         if undecoded and _rank() == 0:
             logger.warning(
@@ -112,15 +116,6 @@ class CocoEvaluator:
         if results_file is not None:
             write_json_atomic(results_file, results)
         return evaluate_results(self.ann_file, results, image_ids, self.backend)
-
-
-def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
-    path = os.fspath(path)
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f)
-    os.replace(tmp, path)
 
 
 def evaluate_results(

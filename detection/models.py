@@ -26,6 +26,7 @@ from __future__ import annotations
 import difflib
 import logging
 import os
+import re
 from collections import OrderedDict
 from collections.abc import Mapping
 from functools import partial
@@ -37,8 +38,9 @@ import backbones
 from backbones import Backbone
 from backbones.checks import check, check_choice
 from backbones.weights import load_state_dict_checked, read_state_dict
+from training.config import plain
 
-from .adapter import FeatureAdapter, check_levels
+from .adapter import P6P7_SOURCES, FeatureAdapter, check_levels
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +72,8 @@ _SSD_COMMON: dict[str, Any] = {
     "detections_per_img": 100,
 }
 
-#: every detector's options and their defaults (``conf/detector/<name>.yaml`` holds the same keys)
+#: every detector's options and their defaults: the one source; ``conf/detector/<name>.yaml`` is generated from it
+#: (detection.config.detector_conf, ``python tools/model_zoo.py --write-conf``)
 DETECTORS: dict[str, dict[str, Any]] = {
     "faster_rcnn": {
         **_FASTER_RCNN_COMMON,
@@ -137,6 +140,8 @@ DETECTORS: dict[str, dict[str, Any]] = {
 }
 #: initialisations of the Faster R-CNN (FPN) box head: torchvision's nn.Linear default, detectron2's
 HEAD_INITS = ("torchvision", "detectron2")
+#: the valid values of the string options (the config schema checks them: detection.module.check_detector)
+OPTION_CHOICES: dict[str, tuple[str, ...]] = {"head_init": HEAD_INITS, "p6p7_from": P6P7_SOURCES}
 #: keys a detector config may carry that :func:`build_detector` does not read
 _CONFIG_ONLY = ("name",)
 
@@ -149,7 +154,7 @@ def resolve_config(detector_cfg: Mapping[str, Any] | str) -> dict[str, Any]:
     """Defaults of ``detector_cfg["name"]`` overridden by the given keys; unknown names and keys are errors."""
     if isinstance(detector_cfg, str):
         detector_cfg = {"name": detector_cfg}
-    cfg = _plain(detector_cfg)
+    cfg = plain(detector_cfg)
     name = cfg.get("name")
     if name not in DETECTORS:
         close = difflib.get_close_matches(str(name), DETECTORS, n=2)
@@ -161,18 +166,22 @@ def resolve_config(detector_cfg: Mapping[str, Any] | str) -> dict[str, Any]:
             close = difflib.get_close_matches(key, valid, n=3)
             hint = f" (did you mean {', '.join(close)}?)" if close else ""
             raise ValueError(f"unknown option {key!r} for detector {name!r}{hint}; valid: {', '.join(sorted(valid))}")
-    return {**valid, **{k: v for k, v in cfg.items() if k not in _CONFIG_ONLY}, "name": name}
+    out = {**valid, **{k: v for k, v in cfg.items() if k not in _CONFIG_ONLY}, "name": name}
+    if "levels" in out:
+        _check_level_names("detector.levels", out["levels"])
+    return out
 
 
-def _plain(cfg: Mapping[str, Any]) -> dict[str, Any]:
-    try:
-        from omegaconf import DictConfig, OmegaConf
-
-        if isinstance(cfg, DictConfig):
-            return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
-    except ImportError:  # pragma: no cover
-        pass
-    return dict(cfg)
+def _check_level_names(key: str, levels: Any) -> None:
+    """``levels`` must be a non-empty list of distinct ``c<i>`` names in increasing stride (``c<i>``: stride 2**i)."""
+    example = "e.g. ['c3', 'c4', 'c5']; level c<i> has stride 2**i"
+    check(key, levels, isinstance(levels, list | tuple), f"give a list of level names, {example}")
+    check(key, levels, len(levels) > 0, f"give at least one level, {example}")
+    for n in levels:
+        check(key, levels, isinstance(n, str) and re.fullmatch(r"c[0-9]+", n) is not None,
+              f"{n!r} is not a level name; {example}")  # fmt: skip
+    idx = [int(n[1:]) for n in levels]
+    check(key, levels, idx == sorted(set(idx)), f"list each level once, in increasing stride, {example}")
 
 
 def backbone_for(

@@ -25,6 +25,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from backbones.atomic import write_json_atomic
+
 logger = logging.getLogger(__name__)
 
 CLASSES = ("circle", "square", "triangle", "cross")
@@ -75,7 +77,7 @@ def ensure_shapes(root: str | os.PathLike | None = None, spec: ShapesSpec | None
         )
         for split, n in (("train", spec.num_train), ("val", spec.num_val)):
             _write_split(tmp, split, n, spec)
-        (tmp / "spec.json").write_text(json.dumps({**asdict(spec), "version": VERSION}, indent=1))
+        write_json_atomic(tmp / "spec.json", {**asdict(spec), "version": VERSION}, indent=1)
         try:
             os.rename(tmp, final)
         except OSError:
@@ -118,7 +120,7 @@ def _write_split(out: Path, split: str, n: int, spec: ShapesSpec) -> None:
         "categories": [{"id": k + 1, "name": name, "supercategory": "shape"} for k, name in enumerate(CLASSES)],
     }
     (out / "annotations").mkdir(exist_ok=True)
-    (out / "annotations" / f"instances_{split}.json").write_text(json.dumps(coco))
+    write_json_atomic(out / "annotations" / f"instances_{split}.json", coco)
 
 
 def render_image(spec: ShapesSpec, split: str, index: int) -> tuple[Image.Image, list[tuple[int, list[int], int]]]:

@@ -26,3 +26,20 @@ def test_check_raises_only_when_not_ok():
     check("alpha", 0.5, True, "use a value in (0, 1]")
     with pytest.raises(ValueError, match=r"alpha=-1 is not valid; use a value in \(0, 1\]"):
         check("alpha", -1, False, "use a value in (0, 1]")
+
+
+def test_check_int_and_probability_reject_wrong_types_with_the_same_message():
+    from backbones.checks import check_int, check_probability
+
+    check_int("num_classes", 0)
+    check_probability("drop_rate", 0.0)
+    with pytest.raises(ValueError, match=r"num_classes=-1 is not valid; use an integer >= 0"):
+        check_int("num_classes", -1)
+    for bad in (2.0, True, "3"):  # a wrong type is a TypeError naming the type, same shape otherwise
+        with pytest.raises(
+            TypeError, match=rf"num_classes={bad!r} is not valid \({type(bad).__name__}\); use an integer >= 0"
+        ):
+            check_int("num_classes", bad)
+    for bad in (1.0, -0.1, "0.2", None):
+        with pytest.raises(ValueError, match=r"drop_rate=.* is not valid; use a probability in \[0, 1\)"):
+            check_probability("drop_rate", bad)

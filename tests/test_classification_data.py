@@ -114,11 +114,12 @@ def test_undecodable_image_is_named_or_skipped_and_counted(tmp_path):
     bad = tmp_path / "val" / "dog" / "broken.jpg"
     bad.write_bytes(b"\xff\xd8 this is not a jpeg")
     cfg = {"task": "classification", "name": "imagefolder", "root": str(tmp_path)}
-    data = build_datasets(cfg, CARD)
+    with pytest.raises(BadImageError, match="broken.jpg.*set dataset.bad_images=skip"):  # before any training
+        build_datasets(cfg, CARD)
+    data = build_datasets({**cfg, "bad_images": "skip"}, CARD)
     idx = [i for i, (p, _) in enumerate(data.val.samples) if p.endswith("broken.jpg")][0]
     with pytest.raises(BadImageError, match="broken.jpg"):
-        data.val[idx]
-    data = build_datasets({**cfg, "bad_images": "skip"}, CARD)
+        type(data.val)(data.val.samples, bad_images="fail")[idx]  # when loaded, under "fail"
     images, labels, index, skipped = collate_skip_bad([data.val[i] for i in range(len(data.val))])
     assert skipped == 1 and len(labels) == len(data.val) - 1 and idx not in index.tolist()
     with pytest.raises(ValueError, match="bad_images='ignore'.*fail, skip"):

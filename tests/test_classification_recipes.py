@@ -1,9 +1,9 @@
-"""Recipe pieces checked against their definitions in the papers (label smoothing, EMA, schedules, cutout,
-ScheduledDropPath, TensorFlow RMSProp) and the recipe files against the papers they cite."""
+"""Recipe pieces checked against their definitions in the papers (label smoothing, EMA, cutout, ScheduledDropPath)
+and the recipe files (with their solvers) against the papers they cite. The optimisers and schedules themselves:
+tests/test_training_optim.py."""
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import pytest
@@ -12,17 +12,8 @@ import yaml
 from torch import nn
 
 from backbones.layers import DropPath
-from classification.recipes import (
-    Cutout,
-    LRSchedule,
-    ModelEma,
-    RMSpropTF,
-    build_optimizer,
-    build_schedule,
-    classification_loss,
-    param_groups,
-    update_drop_path,
-)
+from classification.recipes import Cutout, ModelEma, classification_loss, update_drop_path
+from training.optim import LRSchedule, Solver, build_optimizer
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
@@ -81,42 +72,6 @@ def test_ema_warmup_is_tensorflow_num_updates_rule():
     assert ema.current_decay() == pytest.approx(0.9999)
 
 
-# ---- schedules -----------------------------------------------------------------------------------------------------
-def test_step_schedule_divides_by_ten_at_the_milestones():
-    s = LRSchedule("step", total_steps=900, steps_per_epoch=10, milestones=[1 / 3, 2 / 3], gamma=0.1)
-    assert s(0) == 1.0 and s(299) == 1.0
-    assert s(300) == pytest.approx(0.1) and s(599) == pytest.approx(0.1)
-    assert s(600) == pytest.approx(0.01) and s(899) == pytest.approx(0.01)
-
-
-def test_cosine_schedule_after_linear_warmup():
-    s = LRSchedule("cosine", total_steps=110, steps_per_epoch=10, warmup_epochs=1)
-    assert [s(i) for i in range(10)] == pytest.approx([(i + 1) / 10 for i in range(10)])  # Goyal et al. §2.2
-    assert s(10) == pytest.approx(1.0)
-    assert s(60) == pytest.approx(0.5)  # half way through the cosine: (1 + cos(pi / 2)) / 2
-    assert s(110) == pytest.approx(0.0, abs=1e-12)
-    assert all(s(i) >= s(i + 1) for i in range(10, 110))
-
-
-def test_exponential_schedule_is_inception_v3_staircase():
-    """Inception-v3 §8: x0.94 every two epochs."""
-    s = LRSchedule("exponential", total_steps=1000, steps_per_epoch=10, gamma=0.94, decay_epochs=2)
-    assert s(19) == 1.0 and s(20) == pytest.approx(0.94) and s(45) == pytest.approx(0.94**2)
-    smooth = LRSchedule(
-        "exponential", total_steps=1000, steps_per_epoch=10, gamma=0.94, decay_epochs=2, staircase=False
-    )
-    assert smooth(10) == pytest.approx(math.sqrt(0.94))
-
-
-def test_schedule_errors_name_the_bad_value():
-    with pytest.raises(ValueError, match="cosin.*did you mean cosine"):
-        build_schedule({"name": "cosin"}, 10, 1)
-    with pytest.raises(ValueError, match="milestones"):
-        build_schedule({"name": "step", "milestones": [30, 60]}, 10, 1)
-    with pytest.raises(ValueError, match="warmup_epoch"):
-        build_schedule({"name": "step", "warmup_epoch": 1}, 10, 1)
-
-
 # ---- ScheduledDropPath ---------------------------------------------------------------------------------------------
 def test_scheduled_drop_path_probability_rises_linearly_with_progress():
     """NASNet A.5: the drop probability rises linearly from 0 to drop_prob over training."""
@@ -145,79 +100,50 @@ def test_cutout_zeroes_one_square_clipped_at_the_border():
     assert (8, 8) in sizes and any(h < 8 or w < 8 for h, w in sizes)  # whole squares inside, clipped at borders
 
 
-# ---- optimisers ----------------------------------------------------------------------------------------------------
-def test_rmsprop_tf_matches_timm_rmsproptf():
-    """An outside implementation of TensorFlow's RMSProp (timm.optim.RMSpropTF, lr inside the momentum)."""
-    timm_optim = pytest.importorskip("timm.optim")
-    torch.manual_seed(0)
-    a = nn.Linear(5, 3)
-    b = nn.Linear(5, 3)
-    b.load_state_dict(a.state_dict())
-    ours = RMSpropTF(a.parameters(), lr=0.05, decay=0.9, momentum=0.9, eps=1.0, weight_decay=1e-3)
-    ref = timm_optim.RMSpropTF(
-        b.parameters(),
-        lr=0.05,
-        alpha=0.9,
-        momentum=0.9,
-        eps=1.0,
-        weight_decay=1e-3,
-        lr_in_momentum=True,
-        decoupled_decay=False,
-    )
-    for _ in range(5):
-        x = torch.randn(8, 5)
-        for m, opt in ((a, ours), (b, ref)):
-            opt.zero_grad()
-            m(x).pow(2).mean().backward()
-            opt.step()
-    for p, q in zip(a.parameters(), b.parameters()):
-        torch.testing.assert_close(p, q)
-
-
-def test_param_groups_exclude_norm_bias_and_depthwise_when_asked():
-    model = nn.Sequential(nn.Conv2d(3, 8, 1), nn.BatchNorm2d(8), nn.Conv2d(8, 8, 3, groups=8, bias=False))
-    groups = param_groups(model, 1e-4, decay_norm_and_bias=False, decay_depthwise=False)
-    decayed = {id(p) for p in groups[0]["params"]}
-    assert decayed == {id(model[0].weight)}
-    assert groups[1]["weight_decay"] == 0.0 and len(groups[1]["params"]) == 4
-    everything = param_groups(model, 1e-4)
-    assert len(everything) == 1 and len(everything[0]["params"]) == 5
-
-
-def test_unknown_optimizer_is_named():
-    with pytest.raises(ValueError, match="rmsprop_t.*did you mean rmsprop_tf"):
-        build_optimizer(nn.Linear(2, 2), {"name": "rmsprop_t"}, lr=0.1)
-
-
 # ---- recipe files --------------------------------------------------------------------------------------------------
 RECIPES = ("nasnet_imagenet", "nasnet_cifar", "sgd_imagenet", "rmsprop_mobilenet", "sgd_digits")
 
 
 @pytest.mark.parametrize("name", RECIPES)
 def test_recipe_file_cites_its_source_and_builds(name):
+    """Each recipe and its solver (``recipe=<name>`` selects ``solver=<name>``) cite their sources and build."""
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    text = (CONF / "recipe" / f"{name}.yaml").read_text()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        r = OmegaConf.to_container(compose("classify", overrides=[f"recipe={name}"]).recipe)
-    assert r["name"] == name and r["source"]
-    assert "arXiv" in text  # the paper the numbers come from
-    opt = build_optimizer(nn.Linear(4, 2), r["optimizer"], lr=float(r["optimizer"]["lr"]))
+        cfg = OmegaConf.to_container(compose("classify", overrides=[f"recipe={name}"]), resolve=True)
+    r, s = cfg["recipe"], cfg["solver"]
+    assert r["name"] == name and r["source"] and s["name"] == name and s["source"]
+    for group in ("recipe", "solver"):
+        assert "arXiv" in (CONF / group / f"{name}.yaml").read_text()  # the paper the numbers come from
+    opt = build_optimizer(nn.Linear(4, 2), s, global_batch=64)
     assert isinstance(opt, torch.optim.Optimizer)
-    build_schedule(r["schedule"], total_steps=100, steps_per_epoch=10)
+    LRSchedule(s, total_steps=100, steps_per_epoch=10)
+
+
+def _files(name: str) -> tuple[dict, dict]:
+    return tuple(yaml.safe_load((CONF / group / f"{name}.yaml").read_text()) for group in ("recipe", "solver"))
 
 
 def test_nasnet_imagenet_recipe_is_appendix_a7():
-    r = yaml.safe_load((CONF / "recipe" / "nasnet_imagenet.yaml").read_text())
-    assert r["optimizer"]["name"] == "rmsprop_tf"
-    assert (r["optimizer"]["decay"], r["optimizer"]["eps"]) == (0.9, 1.0)
+    r, s = _files("nasnet_imagenet")
+    assert s["optimizer"] == "rmsprop_tf"
+    assert (s["rms_decay"], s["eps"]) == (0.9, 1.0)
     assert r["label_smoothing"] == 0.1 and r["aux_weight"] == 0.4 and r["ema_decay"] == 0.9999
-    assert r["schedule"]["name"] == "exponential"
+    # A.7's "exponential decay" of Inception-v3 §8: x0.94 every 2 epochs, staircase (the `step` schedule)
+    assert (s["schedule"], s["gamma"], s["decay_epochs"]) == ("step", 0.94, 2)
     assert r["model"]["drop_rate"] == 0.5 and r["model"]["aux_head"] and r["model"]["drop_path_rate"] > 0
 
 
 def test_nasnet_cifar_recipe_is_appendix_a6():
-    r = yaml.safe_load((CONF / "recipe" / "nasnet_cifar.yaml").read_text())
-    assert r["optimizer"]["name"] == "sgd" and r["optimizer"]["momentum"] == 0.9
-    assert r["optimizer"]["weight_decay"] > 0 and r["schedule"]["name"] == "cosine" and r["cutout"] > 0
+    r, s = _files("nasnet_cifar")
+    assert s["optimizer"] == "sgd" and s["momentum"] == 0.9
+    assert s["weight_decay"] > 0 and s["schedule"] == "cosine" and r["cutout"] > 0
+
+
+def test_solver_of_a_recipe_can_be_chosen_apart():
+    from tiny_runs import compose_cfg
+
+    cfg = compose_cfg(["recipe=nasnet_imagenet", "solver=sgd_imagenet"], task="classify")
+    assert (cfg.recipe.name, cfg.solver.name) == ("nasnet_imagenet", "sgd_imagenet")
+    assert Solver.from_config(cfg.solver).optimizer == "sgd"

@@ -2,27 +2,21 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from omegaconf import OmegaConf
 from tiny_runs import compose_cfg
 
 import backbones
-from backbones.zoo import BACKBONE_CONF_KEYS, backbone_conf, backbone_spec
+from detection.config import detector_conf
 from detection.models import DETECTORS, resolve_config
-from detection.module import (
-    CHECKPOINT_KEYS,
-    DATASET_KEYS,
-    MODULE_KEYS,
-    SOLVER_KEYS,
-    TRAINER_ARGS,
-    build_trainer,
-    check_task,
-    lr_lambda_for,
-)
+from detection.module import DATASET_KEYS
+from training.config import BACKBONE_CONF_KEYS, backbone_conf, backbone_spec, check_task
+from training.optim import Solver
+from training.trainer import CHECKPOINT_KEYS, MODULE_KEYS, TRAINER_ARGS, build_trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
@@ -54,7 +48,7 @@ def test_every_detector_config_is_valid(detector, dataset):
     if "min_size" in resolved:
         assert resolved["min_size"] == cfg.dataset.min_size
     assert set(cfg.dataset) <= set(DATASET_KEYS) and cfg.dataset.task == "detection"
-    assert set(cfg.solver) <= set(SOLVER_KEYS) and set(cfg.backbone) <= set(BACKBONE_CONF_KEYS)
+    assert set(cfg.solver) <= set(Solver.keys()) and set(cfg.backbone) <= set(BACKBONE_CONF_KEYS)
 
 
 def test_detector_files_hold_every_option():
@@ -62,6 +56,19 @@ def test_detector_files_hold_every_option():
     for name, defaults in DETECTORS.items():
         raw = yaml.safe_load((CONF / "detector" / f"{name}.yaml").read_text())
         assert set(raw) - {"name"} == set(defaults), name
+
+
+def test_detector_files_are_generated_from_detectors():
+    """conf/detector/*.yaml is what `python tools/model_zoo.py --write-conf` writes from DETECTORS now: every option
+    at its default (the resize keys from the dataset group), each with a comment."""
+    for name, defaults in DETECTORS.items():
+        text = (CONF / "detector" / f"{name}.yaml").read_text()
+        assert text == detector_conf(name), f"{name}: run `python tools/model_zoo.py --write-conf`"
+        raw = yaml.safe_load(text)
+        for key, value in defaults.items():
+            assert raw[key] == (f"${{dataset.{key}}}" if key in ("min_size", "max_size") else value), (name, key)
+        option_lines = [line for line in text.splitlines() if line.split(":")[0] in defaults]
+        assert len(option_lines) == len(defaults) and all(" # " in line for line in option_lines), name
 
 
 @pytest.mark.parametrize("trainer", options("trainer"))
@@ -77,7 +84,7 @@ def test_cpu_trainer_builds(tmp_path):
     trainer = build_trainer(cfg.trainer, tmp_path, monitor="val/AP")
     assert trainer.max_epochs == cfg.solver.epochs
     assert [type(lg).__name__ for lg in trainer.loggers] == ["TensorBoardLogger", "CSVLogger"]
-    with pytest.raises(ValueError, match="unknown key trainer.devics.*did you mean devices"):
+    with pytest.raises(ValueError, match="unknown key trainer.devics.*did you mean 'devices'"):
         build_trainer({**OmegaConf.to_container(cfg.trainer), "devics": 2}, tmp_path)
 
 
@@ -98,12 +105,12 @@ def test_unknown_group_choice_lists_the_valid_ones():
 
 def test_classification_dataset_is_refused():
     with pytest.raises(ValueError, match="dataset='digits' is a classification dataset; a detection run needs"):
-        check_task({"dataset": {"name": "digits", "task": "classification"}})
+        check_task({"dataset": {"name": "digits", "task": "classification"}}, "detection")
     for name in options("dataset"):
         task = yaml.safe_load((CONF / "dataset" / f"{name}.yaml").read_text()).get("task")
         if task != "detection":
             with pytest.raises(ValueError, match=f"dataset='{name}'"):
-                check_task(OmegaConf.to_container(compose_cfg([f"dataset={name}"]), resolve=False))
+                check_task(OmegaConf.to_container(compose_cfg([f"dataset={name}"]), resolve=False), "detection")
 
 
 def test_non_detection_ready_backbone_is_refused():
@@ -117,14 +124,45 @@ def test_non_detection_ready_backbone_is_refused():
         DetectionModule(cfg, num_classes=4)
 
 
-def test_lr_schedule():
-    f = lr_lambda_for({"warmup_iters": 10, "warmup_factor": 0.1, "schedule": "cosine", "min_lr_factor": 0.0}, 100)
-    assert f(0) == pytest.approx(0.1) and f(5) == pytest.approx(0.55 * 0.5 * (1 + math.cos(math.pi * 0.05)))
-    assert f(50) == pytest.approx(0.5) and f(100) == pytest.approx(0.0, abs=1e-9)
-    g = lr_lambda_for({"schedule": "multistep", "milestones": [0.5, 0.75], "gamma": 0.1}, 100)
-    assert (g(49), g(50), g(80)) == (1.0, pytest.approx(0.1), pytest.approx(0.01))
-    with pytest.raises(ValueError, match="schedule='step'.*cosine, multistep or constant"):
-        lr_lambda_for({"schedule": "step"}, 10)
+def test_task_key_is_read():
+    cfg = OmegaConf.to_container(compose_cfg(), resolve=True)
+    check_task(cfg, "detection")
+    with pytest.raises(ValueError, match="task='detection': this is the classification entry point"):
+        check_task(cfg, "classification")
+
+
+def test_detection_lr_is_scaled_by_the_global_batch(tmp_path):
+    """The solver's lr is for reference_batch_size images (shapes: 0.02 at 8); a 4-image batch trains at 0.01."""
+    from types import SimpleNamespace
+
+    from detection.module import DetectionModule
+
+    cfg = OmegaConf.to_container(compose_cfg(["backbone=mobilenet_v1_x0_25", "dataset.batch_size=4"]), resolve=True)
+    module = DetectionModule(cfg, num_classes=4)
+    trainer = SimpleNamespace(estimated_stepping_batches=500, accumulate_grad_batches=1, num_training_batches=50,
+                              world_size=1, datamodule=SimpleNamespace(cfg=cfg["dataset"]))  # fmt: skip
+    module._trainer = trainer  # what configure_optimizers reads of a Trainer
+    out = module.configure_optimizers()
+    assert out["optimizer"].param_groups[0]["initial_lr"] == pytest.approx(0.01)  # before the warm-up factor
+
+
+def test_channels_last_is_the_backbones_layout():
+    """trainer.channels_last: the backbone's parameters channels-last (create_model's option); FPN and heads keep
+    torchvision's layout; backbone.options.channels_last is refused (one switch)."""
+    from detection.module import DetectionModule
+
+    def layouts(*overrides: str) -> tuple[bool, bool]:
+        cfg = OmegaConf.to_container(compose_cfg(["backbone=mobilenet_v1_x0_25", *overrides]), resolve=True)
+        model = DetectionModule(cfg, num_classes=4).model
+        conv = [p for p in model.backbone.body.parameters() if p.ndim == 4 and p.shape[-1] > 1][0]
+        neck = [p for p in model.backbone.fpn.parameters() if p.ndim == 4 and p.shape[-1] > 1][0]
+        assert neck.is_contiguous()
+        return conv.is_contiguous(memory_format=torch.channels_last), conv.is_contiguous()
+
+    assert layouts() == (True, False)  # the default
+    assert layouts("trainer.channels_last=false") == (False, True)
+    with pytest.raises(ValueError, match="channels_last=False is not valid: .* is trainer.channels_last"):
+        backbone_spec({"name": "resnet50", "options": {"channels_last": False}})
 
 
 def test_train_net_is_thin():

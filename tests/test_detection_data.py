@@ -142,7 +142,9 @@ def test_undecodable_image_skip_and_fail(tmp_path):
     images, targets, ids = collate([CocoDetection(img_dir, ann)[0], skipped])
     assert len(images) == len(targets) == 1 and ids == [3]
     with pytest.raises(RuntimeError, match=r"3\.jpg.*could not be decoded"):
-        CocoDetection(img_dir, ann, on_bad_image="fail")[2]
+        CocoDetection(img_dir, ann, on_bad_image="fail")  # at construction: the probe decodes all 3 images
+    with pytest.raises(RuntimeError, match=r"3\.jpg.*could not be decoded"):
+        CocoDetection(img_dir, ann, on_bad_image="fail", probe_images=0)[2]  # when loaded
     with pytest.raises(ValueError, match="on_bad_image='ignore'.*skip, fail"):
         CocoDetection(img_dir, ann, on_bad_image="ignore")
 
@@ -162,7 +164,10 @@ def test_missing_paths_are_named(tmp_path):
         (lambda d: d["images"][1].pop("file_name"), r"images\[1\] has no 'file_name' key"),
         (lambda d: d["annotations"][0].pop("bbox"), r"annotations\[0\] has no 'bbox' key"),
         (lambda d: d["categories"][0].pop("id"), r"categories\[0\] has no 'id' key"),
-        (lambda d: d["annotations"][0].update(category_id=5), r"category ids \[5\] missing from 'categories'"),
+        (
+            lambda d: d["annotations"][0].update(category_id=5),
+            r"annotation ids 1 use category_id 5 missing from 'categories'",
+        ),
         (lambda d: d["annotations"][0].update(bbox=[1, 2]), r"annotation id 1 has bbox \[1, 2\]"),
     ],
 )
@@ -343,7 +348,9 @@ def test_visualize_draws_ground_truth_and_predictions(shapes, tmp_path):
     data = json.loads(ann.read_text())
     a = data["annotations"][0]
     img = next(i for i in data["images"] if i["id"] == a["image_id"])
-    (path,) = [p for p in draw_dataset(ann, shapes / "val", tmp_path / "gt", limit=0) if p.stem in img["file_name"]]
+    (path,) = [
+        p for p in draw_dataset(ann, shapes / "val", tmp_path / "gt", limit=0).written if p.stem in img["file_name"]
+    ]
     x, y = int(a["bbox"][0]), int(a["bbox"][1] + a["bbox"][3] / 2)
     assert Image.open(path).getpixel((x, y)) == GT_COLOUR  # the box's left edge
     results = tmp_path / "results.json"

@@ -7,24 +7,19 @@ DDP, torchrun and SLURM: tests/test_distributed.py; kills and resume: tests/test
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
-from tiny_runs import ROOT, compose_cfg, tiny
+from tiny_runs import compose_cfg, run_tool, tiny
 
 from detection.evaluation import STAT_NAMES
-from detection.module import NonFiniteLossError, run
+from detection.module import run
+from training.trainer import NonFiniteLossError
 
 
 def test_train_net_train_resume_eval(tmp_path):
     run_dir = tmp_path / "run"
-    cmd = [sys.executable, str(ROOT / "tools" / "train_net.py"), *tiny(tmp_path), f"hydra.run.dir={run_dir}"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = run_tool("train_net.py", *tiny(tmp_path), f"hydra.run.dir={run_dir}", timeout=600)
     assert "it/s" in proc.stderr + proc.stdout  # the progress bar
     # one run dir with everything in it
     assert (run_dir / ".hydra" / "config.yaml").is_file()
@@ -92,9 +87,7 @@ def test_resume_without_checkpoint_names_the_path(tmp_path):
 def test_default_run_reaches_ap50(tmp_path):
     """`python tools/train_net.py` with no overrides (the README's first command): AP50 >= 0.5 on shapes val."""
     run_dir = tmp_path / "run"
-    cmd = [sys.executable, str(ROOT / "tools" / "train_net.py"), f"hydra.run.dir={run_dir}"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=3600, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_tool("train_net.py", f"hydra.run.dir={run_dir}", cwd=tmp_path, timeout=3600, one_thread=False)
     metrics = json.loads((run_dir / "eval" / "metrics.json").read_text())
     assert metrics["AP50"] >= 0.5, metrics
 
@@ -104,7 +97,7 @@ def test_default_run_reaches_ap50(tmp_path):
 def test_large_backbone_starts_and_loss_falls(name, tmp_path):
     """`backbone=nasnet_a_large detector=faster_rcnn` runs on CPU at a small image size and its loss falls."""
     overrides = [*tiny(tmp_path, steps=8), f"backbone={name}", "detector=faster_rcnn", "dataset.batch_size=2",
-                 "solver.lr=0.01", "trainer.limit_val_batches=0"]  # fmt: skip
+                 "solver.lr=0.01", "solver.reference_batch_size=2", "trainer.limit_val_batches=0"]  # fmt: skip
     cfg = compose_cfg([*overrides, "trainer.progress_bar=false"])
     run(cfg, tmp_path / "run")
     import csv
@@ -142,6 +135,6 @@ def test_eval_only_takes_a_torchvision_coco_detector_file(tmp_path):
 
 
 def test_missing_coco_files_are_named(tmp_path):
-    cfg = compose_cfg(["dataset=coco", f"dataset.root={tmp_path / 'coco'}", "eval_only=true", "checkpoint=x.pth"])
+    cfg = compose_cfg(["dataset=coco", f"dataset.root={tmp_path / 'coco'}", "solver=coco_1x"])
     with pytest.raises(FileNotFoundError, match=r"folder .*coco. does not exist; missing dataset.train_images="):
         run(cfg, tmp_path / "run")

@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
 from conftest import free_port
-from tiny_runs import ROOT, child_env, compose_cfg, read_records, run_driver, tiny
+from tiny_runs import ROOT, compose_cfg, read_records, run_driver, run_tool, start, tiny, wait_all
 
 QUIET = ["trainer.progress_bar=false", "trainer.loggers=[]"]
 
@@ -88,7 +87,7 @@ def test_classification_two_processes_follow_the_one_process_trajectory(tmp_path
     deepest maps are 1x1 and GN over a few values makes training chaotic: float noise grows 100x a step). Float
     rounding only: measured 1e-7 relative on the loss; bound 1e-5."""
     common = ["backbone=mobilenet_v1_x0_25", "backbone.norm=frozen_bn", "dataset.image_size=16", "dataset.shift=0",
-              "recipe.optimizer.lr=0.8", "epochs=1", "trainer.limit_train_batches=6", "dataset.val_batch_size=512",
+              "solver.lr=0.8", "epochs=1", "trainer.limit_train_batches=6", "dataset.val_batch_size=512",
               *QUIET]  # fmt: skip
     run_driver([*common, "dataset.batch_size=8"], tmp_path / "one", task="classify")
     run_driver([*common, "dataset.batch_size=4", *ddp()], tmp_path / "two", task="classify")
@@ -103,7 +102,7 @@ def test_classification_two_processes_follow_the_one_process_trajectory(tmp_path
 
 
 def test_sync_batchnorm_on_cpu_processes_is_refused_with_the_alternatives(tmp_path):
-    from detection.module import build_trainer
+    from training.trainer import build_trainer
 
     cfg = {"accelerator": "cpu", "devices": 2, "strategy": "ddp", "sync_batchnorm": True, "max_epochs": 1}
     with pytest.raises(ValueError, match=r"sync_batchnorm=true.*CPU.*frozen_bn.*gn"):
@@ -119,9 +118,7 @@ def test_ddp_eval_counts_each_val_image_once_and_matches_one_process(tmp_path):
 
     run_dir = tmp_path / "run"
     overrides = [*tiny(tmp_path), "dataset.generate.num_val=7", *ddp(), "trainer.progress_bar=false"]
-    cmd = [sys.executable, str(ROOT / "tools" / "train_net.py"), *overrides, f"hydra.run.dir={run_dir}"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=child_env(), timeout=900, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    run_tool("train_net.py", *overrides, f"hydra.run.dir={run_dir}", cwd=tmp_path)
     metrics = json.loads((run_dir / "eval" / "metrics.json").read_text())
     assert metrics["images"] == 7 and metrics["step"] == 3
     assert_one_run_dir(run_dir, tmp_path)
@@ -171,15 +168,8 @@ def test_two_nodes_by_torchrun_complete_a_run_in_one_run_dir(tmp_path):
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc-per-node=1",
                f"--node-rank={node}", "--master-addr=127.0.0.1", f"--master-port={port}",
                str(ROOT / "tools" / "train_net.py"), *overrides]  # fmt: skip
-        log = open(tmp_path / f"node{node}.log", "w")  # noqa: SIM115 - closed below
-        procs.append((subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=child_env(), cwd=tmp_path), log))
-    try:
-        codes = [p.wait(timeout=900) for p, _ in procs]
-    finally:
-        for p, log in procs:
-            if p.poll() is None:
-                p.kill()
-            log.close()
+        procs.append(start(cmd, tmp_path / f"node{node}.log", cwd=tmp_path))
+    codes = wait_all(procs, timeout=900)
     logs = {n: (tmp_path / f"node{n}.log").read_text() for n in (0, 1)}
     assert codes == [0, 0], logs[0][-3000:] + logs[1][-3000:]
     assert "MEMBER: 1/2" in logs[0] and "MEMBER: 2/2" in logs[1]  # Lightning's line as each rank joins
@@ -222,7 +212,7 @@ def test_under_srun_lightning_takes_ranks_and_address_from_slurm(monkeypatch, tm
     from lightning.pytorch.plugins.environments import SLURMEnvironment
     from omegaconf import OmegaConf
 
-    from detection.module import build_trainer
+    from training.trainer import build_trainer
 
     for k, v in SLURM_TASK.items():
         monkeypatch.setenv(k, v)
@@ -245,7 +235,7 @@ def test_under_srun_lightning_takes_ranks_and_address_from_slurm(monkeypatch, tm
 
 
 def test_entry_points_keep_hydra_files_to_rank_zero(monkeypatch):
-    from detection.entry import NON_ZERO_RANK_OVERRIDES, global_rank, prepare_process
+    from training.process import NON_ZERO_RANK_OVERRIDES, global_rank, prepare_process
 
     for var in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
         monkeypatch.delenv(var, raising=False)

@@ -26,7 +26,9 @@ import torch
 from torch import nn
 from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, TensorDataset
 
-from detection.module import AtomicCheckpointIO, ResumableDataLoader, ResumableTrainData, build_trainer
+from training.checkpoint import AtomicCheckpointIO
+from training.resumable import POSITION_KEYS, ResumableDataLoader, ResumableTrainData
+from training.trainer import build_trainer
 
 # ---- a toy run on Lightning's real loops ----------------------------------------------------------------------------
 N_SAMPLES = 22  # batch 4: 6 batches per epoch, the last one short
@@ -161,6 +163,9 @@ def test_resume_continues_data_order_and_lr_step_for_step(case, early, tmp_path)
             saved = torch.load(last, weights_only=True)
             assert step < saved["global_step"] <= crash_at, f"{case}: no checkpoint before the crash at {crash_at}"
             assert set(saved["ToyData"]["train_loader"]) == {"epoch", "batches_done", "epoch_complete", "num_batches"}
+            assert set(POSITION_KEYS) == set(saved["ToyData"]["train_loader"])
+            # saved once: the loader is no Lightning "stateful" loader, so the fit loop keeps no copy of its position
+            assert "combined_loader" not in saved["loops"]["fit_loop"]["state_dict"]
     assert sorted(stitched) == list(range(total))
     assert_same_steps(stitched, reference.steps, f"{case}:")
 
@@ -180,7 +185,7 @@ def test_resume_with_loader_workers(tmp_path):
 
 
 def test_final_checkpoint_resumes_into_the_next_epoch(tmp_path):
-    """The ``last.ckpt`` saved after fit (as ``detection.module.run`` does) continues with more epochs. (The LR
+    """The ``last.ckpt`` saved after fit (as ``training.trainer.fit`` does) continues with more epochs. (The LR
     schedule here does not depend on the run length, which this resume changes.)"""
     reference = Recorder()
     toy_fit(tmp_path / "ref", {"max_epochs": 3}, reference, early=False)
@@ -227,7 +232,7 @@ def test_skipped_batches_are_not_loaded_and_length_stays_the_epoch():
     sampler.set_epoch(2)
     full = [b[0].tolist() for b in loader]
     sampler.set_epoch(0)
-    loader.load_state_dict({"epoch": 2, "batches_done": 2, "epoch_complete": False, "num_batches": 4})
+    loader.resume_from({"epoch": 2, "batches_done": 2, "epoch_complete": False, "num_batches": 4})
     sampler.set_epoch(5)  # as Lightning may do between creating the iterator and drawing from it
     ds.loaded.clear()
     assert len(loader) == 4
@@ -235,7 +240,7 @@ def test_skipped_batches_are_not_loaded_and_length_stays_the_epoch():
     assert sorted(ds.loaded) == sorted(i for b in full[2:] for i in b)  # the skipped images were never read
     sampler.set_epoch(2)
     assert [b[0].tolist() for b in loader] == full  # the skip applies once
-    loader.load_state_dict({"epoch": 2, "batches_done": 4, "epoch_complete": True, "num_batches": 4})
+    loader.resume_from({"epoch": 2, "batches_done": 4, "epoch_complete": True, "num_batches": 4})
     assert sampler.epoch == 3 and [b[0].tolist() for b in loader] != full
 
 
@@ -305,15 +310,35 @@ def test_detection_checkpoint_of_another_backbone_names_the_keys(tmp_path):
 MIN_KILLS = 10
 
 
+def kill_moment(mode: str, proc, run_dir: Path, launched: float, delay: float, n_steps: int, extra: float):
+    """When to kill ``proc``: while it writes a checkpoint (``write``), ``delay`` s after its launch (``time``), or
+    ``extra`` s after it recorded ``n_steps`` trained steps (``steps``)."""
+    from tiny_runs import read_records
+
+    tmp = run_dir / "checkpoints" / f"last.ckpt.tmp{proc.pid}"
+    reached: list[float] = []
+
+    def ready() -> bool:
+        if mode == "write":
+            return tmp.exists()
+        if mode == "time":
+            return time.monotonic() - launched > delay
+        if not reached and len(read_records(run_dir, pid=proc.pid)) >= n_steps:
+            reached.append(time.monotonic())
+        return bool(reached) and time.monotonic() - reached[0] > extra
+
+    return ready
+
+
 @pytest.mark.slow
 def test_sigkill_at_random_moments_resumes_at_the_same_data_position_and_lr(tmp_path):
     """>= 10 SIGKILLs at seeded random moments (one while a checkpoint's temporary file exists), each followed by
     ``resume=true``: every ``last.ckpt`` loads with weights_only, each run starts at its checkpoint's step, and the
     per-step record (image ids, LR) equals an uninterrupted run's; a step trained twice saw the same batch and LR."""
-    from tiny_runs import read_lines, read_records, run_driver, start_driver, tiny
+    from tiny_runs import kill_when, read_lines, read_records, run_driver, start_driver, tiny, wait_all
 
     epochs, steps_per_epoch = 7, 4  # 16 images, batch 4
-    overrides = [*tiny(tmp_path, steps=-1), f"solver.epochs={epochs}", "solver.warmup_iters=3",
+    overrides = [*tiny(tmp_path, steps=-1), f"solver.epochs={epochs}", "solver.warmup_steps=3",
                  "trainer.checkpoint.every_n_train_steps=2", "trainer.limit_val_batches=0",
                  "trainer.progress_bar=false", "trainer.loggers=[]"]  # fmt: skip
     run_driver(overrides, tmp_path / "reference")
@@ -333,30 +358,18 @@ def test_sigkill_at_random_moments_resumes_at_the_same_data_position_and_lr(tmp_
         # the moment: while a checkpoint is being written (once, after 2 kills), or after 1-3 more trained steps and a
         # fraction of a step, or (1 in 5) any time from the launch to a few steps in, start-up included
         mode = "none" if kills >= MIN_KILLS + 2 else "write" if kills >= 2 and not during_write else "steps"
+        delay = 0.0
         if mode == "steps" and rng.random() < 0.2:
             mode, delay = "time", rng.uniform(0.0, 12.0)
         n_steps, extra = rng.randint(1, 3), rng.uniform(0.0, 0.3)
-        reached = None
-        try:
-            while proc.poll() is None and mode != "none":
-                if mode == "write" and (ckpt_dir / f"last.ckpt.tmp{proc.pid}").exists():
-                    break
-                if mode == "time" and time.monotonic() - launched > delay:
-                    break
-                if mode == "steps":
-                    if reached is None and len(read_records(run_dir, pid=proc.pid)) >= n_steps:
-                        reached = time.monotonic()
-                    if reached is not None and time.monotonic() - reached > extra:
-                        break
-                time.sleep(0.001 if mode == "write" else 0.01)
-            if proc.poll() is None and mode != "none":
-                os.kill(proc.pid, signal.SIGKILL)
-            rc = proc.wait(timeout=600)
-            # a kill during a write leaves that writer's temporary file (not yet renamed to last.ckpt) behind
-            during_write += mode == "write" and (ckpt_dir / f"last.ckpt.tmp{proc.pid}").exists()
-        finally:
-            if proc.poll() is None:
-                proc.kill()
+        if mode == "none":
+            (rc,) = wait_all([proc], timeout=600)
+        else:
+            ready = kill_moment(mode, proc, run_dir, launched, delay, n_steps, extra)
+            kill_when(proc, ready, poll=0.001 if mode == "write" else 0.01)
+            rc = proc.returncode
+        # a kill during a write leaves that writer's temporary file (not yet renamed to last.ckpt) behind
+        during_write += mode == "write" and (ckpt_dir / f"last.ckpt.tmp{proc.pid}").exists()
         mine = read_records(run_dir, pid=proc.pid)
         if mine:
             starts.append((min(mine), step0))

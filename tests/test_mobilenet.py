@@ -82,11 +82,13 @@ def test_relu6_matches_timm_where_activations_clip(tmp_path, caplog):
     assert max(seen) > 6, "the input must drive activations past ReLU6's clip, or the test shows nothing"
 
     relu6 = backbones.create_model("mobilenet_v1_x1_0", pretrained=path, act="relu6").eval()
+    detected = backbones.create_model("mobilenet_v1_x1_0", pretrained=path).eval()  # timm's file: its ReLU6
     with caplog.at_level(logging.WARNING, logger="backbones.mobilenet"):
-        relu = backbones.create_model("mobilenet_v1_x1_0", pretrained=path).eval()
+        relu = backbones.create_model("mobilenet_v1_x1_0", pretrained=path, act="relu").eval()
     assert "trained with ReLU6" in caplog.text
     with torch.no_grad():
         assert (relu6(x) - want).abs().max().item() < 1e-4 * max(1.0, want.abs().max().item())
+        assert (detected(x) - want).abs().max().item() < 1e-4 * max(1.0, want.abs().max().item())
         assert (relu(x) - want).abs().max().item() > 1e-2
 
 
@@ -107,7 +109,7 @@ def test_option_errors():
     with pytest.raises(ValueError, match=r"drop_path_rate=0\.1.*no residual.*only 0\.0"):
         backbones.create_model("mobilenet_v1_x1_0", drop_path_rate=0.1)
     backbones.create_model("mobilenet_v1_x0_25", drop_path_rate=0.0)
-    with pytest.raises(ValueError, match=r"act='relu7'.*did you mean .*relu6.*choose one of relu, relu6"):
+    with pytest.raises(ValueError, match=r"act='relu7'.*did you mean .*'relu6'.*choose one of 'relu', 'relu6'"):
         backbones.create_model("mobilenet_v1_x1_0", act="relu7")
     with pytest.raises(ValueError, match=r"alpha=0.*positive width multiplier"):
         backbones.create_model("mobilenet_v1_x1_0", alpha=0)

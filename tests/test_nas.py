@@ -71,8 +71,8 @@ def test_twin_parity(name, twin, side, tmp_path):
 
 def test_default_padding_differs_from_reference(tmp_path):
     """The parity above is not vacuous: the default (exact H / 2**i) padding computes something else."""
-    a = nasnet_a(2, 96, "imagenet", reference_padding=True).eval()
-    b = nasnet_a(2, 96, "imagenet").eval()
+    a = nasnet_a(num_cells=2, penultimate_filters=96, reference_padding=True).eval()
+    b = nasnet_a(num_cells=2, penultimate_filters=96).eval()
     b.load_state_dict(a.state_dict())
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
@@ -132,9 +132,9 @@ def test_any_n_at_f():
     imagenet = backbones.create_model("nasnet_a_mobile", num_cells=3, penultimate_filters=576)
     assert [f.channels for f in imagenet.feature_info] == [32, 24, 144, 288, 576]
     with pytest.raises(ValueError, match="F0=22, but factorized reductions need F0 to be a multiple of 4"):
-        nasnet_a(3, 528)
+        nasnet_a(num_cells=3, penultimate_filters=528)
     with pytest.raises(ValueError, match="nearest valid: 1536 or 1560"):
-        nasnet_a(5, 1538)
+        nasnet_a(num_cells=5, penultimate_filters=1538)
     with pytest.raises(ValueError, match="stem='cfar' is not valid"):
         nasnet_a(stem="cfar")
 
@@ -200,7 +200,7 @@ def _blocks(*specs):
     "kwargs,pattern",
     [
         (dict(blocks=_blocks((0, "sep_conv_3x3", 1, "sep_conv_33")), concat=(2,)),
-         r"block 0 \(creates state 2\): right op 'sep_conv_33' is unknown \(did you mean sep_conv_3x3.*valid: iden"),
+         r"block 0 \(creates state 2\): right op 'sep_conv_33' is unknown \(did you mean 'sep_conv_3x3'.*valid: iden"),
         (dict(blocks=_blocks((0, "identity", 1, "identity"), (3, "identity", 5, "identity")), concat=(3,)),
          r"block 1 \(creates state 3\): left input 3 is out of range; valid states here: 0\.\.2"),
         (dict(blocks=_blocks((0, "identity", 1, "identity")), concat=(2, 4)),
@@ -220,7 +220,7 @@ def test_genotype_validator(kwargs, pattern):
 
 
 def test_unknown_genotype_and_enas_op():
-    with pytest.raises(KeyError, match="did you mean nasnet_a"):
+    with pytest.raises(KeyError, match="did you mean 'nasnet_a'"):
         NASNet(genotype="nasnet_b")
     with pytest.raises(GenotypeError, match="ENAS op id 7 is unknown"):
         cell_from_enas_arc("bad", "0 7 0 0")
@@ -375,3 +375,112 @@ def test_direct_concat_and_memory_format_keep_the_maths():
         torch.testing.assert_close(m(x), ref)  # autograd off: blocks written into the output buffer
         m.to(memory_format=torch.contiguous_format)
         torch.testing.assert_close(m(x), ref, atol=1e-5, rtol=1e-5)
+
+
+# ---- BatchNorm settings of the authors' code ----------------------------------------------------------------------
+@pytest.mark.parametrize("name,options", [("enas_micro_cifar", {"aux_head": True}), ("enas_macro_cifar", {})])
+def test_enas_batchnorm_eps_is_the_fixed_arc_codes(name, options):
+    """melodyguan/enas ``src/cifar10/image_ops.py`` ``batch_norm`` (what the fixed-arc children call): epsilon
+    1e-5, decay 0.9; 1e-3 is only the default of the search-mode ``batch_norm_with_mask``."""
+    with torch.device("meta"):
+        m = backbones.create_model(name, **options)
+    bns = [mod for mod in m.modules() if isinstance(mod, torch.nn.BatchNorm2d)]
+    assert len(bns) > 50
+    assert {bn.eps for bn in bns} == {1e-5} and {bn.momentum for bn in bns} == {0.1}
+
+
+# ---- export: torch.jit.trace (its own re-trace check on), torch.export, no device baked in --------------------------
+# One tiny configuration per builder / genotype / stem, classifier or features_only in turn (fast), and every registered
+# NAS model in both forms (slow).
+TINY = [
+    ("nasnet_a_mobile", True, dict(num_cells=1, penultimate_filters=96)),
+    ("nasnet_a_large", False, dict(num_cells=1, penultimate_filters=96)),  # skip_reduction_layer_input=True
+    ("pnasnet5_large", True, dict(num_cells=1, penultimate_filters=80)),
+    ("nasnet_a_cifar", False, dict(num_cells=1, penultimate_filters=96)),
+    ("enas_micro_cifar", True, dict(num_cells=1, penultimate_filters=80)),
+    ("enas_macro_cifar", False, dict(out_filters=8)),
+]
+
+
+def _outputs(y) -> list[torch.Tensor]:
+    return list(y.values()) if isinstance(y, dict) else [y]
+
+
+def _assert_same(ref, got) -> None:
+    """Equal relative to the output's scale (random-weight NASNet features reach 1e4)."""
+    ref, got = _outputs(ref), _outputs(got)
+    assert len(ref) == len(got)
+    for a, b in zip(ref, got):
+        assert a.shape == b.shape
+        assert (a - b).abs().max() <= 1e-5 * a.abs().max().clamp_min(1.0)
+
+
+def _export_model(name: str, features_only: bool, **options) -> tuple[torch.nn.Module, torch.Tensor]:
+    torch.manual_seed(0)
+    m = backbones.create_model(name, features_only=features_only, **options).eval()
+    randomize_bn_stats(m)
+    side = 64 if backbones.model_card(name).detection_ready else 32
+    return m, torch.randn(2, 3, side, side, generator=torch.Generator().manual_seed(1))
+
+
+def _device_constants(traced: torch.jit.ScriptModule) -> list:
+    return [
+        n
+        for n in traced.inlined_graph.nodes()
+        if n.kind() == "prim::Constant" and n.output().type().kind() == "DeviceObjType"
+    ]
+
+
+def _check_trace(m: torch.nn.Module, x: torch.Tensor, meta: bool = False) -> None:
+    """Traced with autograd on, then checked by torch.jit.trace itself under no_grad (the cells' buffer fast path made
+    the two graphs differ), equal to eager with the fast path; traced again under no_grad, where eager would take the
+    fast path: no device constant in the graph (``meta``: and it runs on the meta device)."""
+    strict = not m.features_only  # a dict of levels is a valid output only with strict=False
+    traced = torch.jit.trace(m, x, strict=strict)
+    with torch.no_grad(), torch.jit.optimized_execution(False):  # no profiling passes: faster for a one-off run
+        _assert_same(m(x), traced(x))
+        traced = torch.jit.trace(m, x, strict=strict, check_trace=False)
+        assert _device_constants(traced) == []
+        if meta:
+            out = traced.to("meta")(torch.empty(x.shape, device="meta"))
+            assert {t.device.type for t in _outputs(out)} == {"meta"}
+
+
+def _check_export(m: torch.nn.Module, x: torch.Tensor) -> None:
+    batch = torch.export.Dim("batch", min=1, max=16)
+    ep = torch.export.export(m, (x,), dynamic_shapes=({0: batch},))
+    x3 = torch.cat([x, x[:1] * 0.5])
+    with torch.no_grad():
+        _assert_same(m(x3), ep.module()(x3))
+
+
+@pytest.mark.parametrize(
+    "name,features_only,options", TINY, ids=[f"{n}-{'features' if f else 'classifier'}" for n, f, _ in TINY]
+)
+def test_tiny_nas_traces_exactly_on_any_device(name, features_only, options):
+    _check_trace(*_export_model(name, features_only, **options), meta=name == "nasnet_a_mobile")
+
+
+@pytest.mark.parametrize("index", [0, 4], ids=["nasnet_a_mobile-features", "enas_micro_cifar-features"])
+def test_tiny_nas_exports_with_dynamic_batch(index):
+    name, features_only, options = TINY[index]
+    _check_export(*_export_model(name, features_only, **options))
+
+
+def test_box_head_tail_traces_exactly():
+    f, _ = _export_model("nasnet_a_mobile", True, out_features=("c4", "c5"), num_cells=2, penultimate_filters=96)
+    head = f.make_box_head("c4")
+    rois = torch.rand(3, f.out_channels["c4"], 7, 7, generator=torch.Generator().manual_seed(2))
+    traced = torch.jit.trace(head, rois)
+    with torch.no_grad(), torch.jit.optimized_execution(False):
+        _assert_same(head(rois), traced(rois))
+        assert _device_constants(torch.jit.trace(head, rois, check_trace=False)) == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("features_only", [False, True], ids=["classifier", "features"])
+@pytest.mark.parametrize("name", backbones.list_models(family="nas"))
+def test_every_nas_model_traces_and_exports_exactly(name, features_only):
+    m, x = _export_model(name, features_only)
+    _check_trace(m, x, meta=True)
+    _check_export(m, x)

@@ -29,19 +29,19 @@ def test_list_models_pattern():
 
 def test_unknown_model_lists_close_matches():
     name = backbones.list_models()[0]
-    with pytest.raises(KeyError, match=f"close matches: .*{name}"):
+    with pytest.raises(KeyError, match=f"unknown model '{name}x' \\(did you mean .*'{name}'"):
         backbones.create_model(name + "x")
 
 
 def test_unknown_option_names_valid_ones():
     name = backbones.list_models()[0]
-    with pytest.raises(TypeError, match="num_clases.*did you mean num_classes.*Valid options"):
+    with pytest.raises(TypeError, match="'num_clases' \\(did you mean 'num_classes'\\?\\).*Valid options"):
         backbones.create_model(name, num_clases=3)
 
 
 def test_bad_norm_and_frozen_stages_and_level():
     name = backbones.list_models(detection_ready=True)[0]
-    with pytest.raises(ValueError, match="norm='batchnorm'.*bn, frozen_bn, sync_bn, gn"):
+    with pytest.raises(ValueError, match="norm='batchnorm' is not valid.*'bn', 'frozen_bn', 'sync_bn', 'gn'"):
         backbones.create_model(name, norm="batchnorm")
     with pytest.raises(ValueError, match="frozen_stages=9"):
         backbones.create_model(name, frozen_stages=9)
@@ -131,6 +131,39 @@ def test_readme_zoo_table_is_the_registry_table():
     )
 
 
+def test_zoo_plot_draws_every_model_with_a_published_top1(tmp_path):
+    """`tools/model_zoo.py --plot`: a PNG whose mult-adds and parameter panels each hold one point per model whose
+    card has a top-1, at the table's measured counts; the README embeds the committed picture."""
+    from pathlib import Path
+
+    from PIL import Image
+
+    pytest.importorskip("matplotlib", reason="the zoo plot needs matplotlib (the dev extra)")
+    from backbones.zoo import zoo_rows
+    from backbones.zoo_plot import plot_zoo
+
+    with_top1 = {n: backbones.model_card(n).top1 for n in backbones.list_models() if backbones.model_card(n).top1}
+    path = tmp_path / "zoo.png"
+    fig = plot_zoo(path)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with Image.open(path) as im:
+        im.verify()
+        assert im.size[0] > 800 and im.size[1] > 500
+    rows = {r.name: r for r in zoo_rows()}
+    for col, key in ((0, "macs"), (1, "params")):
+        axes = fig.axes[col::2]
+        points = sorted(tuple(p) for ax in axes for c in ax.collections for p in c.get_offsets())
+        assert len(points) == len(with_top1)
+        expected = sorted((getattr(rows[n], key) / 1e6, top1) for n, top1 in with_top1.items())
+        assert points == pytest.approx(expected)
+        assert sorted(t.get_text() for ax in axes for t in ax.texts) == sorted(with_top1)
+        assert all(ax.get_xscale() == "log" for ax in axes)
+    with pytest.raises(ValueError, match="suffix of 'zoo.pnq'.*did you mean 'png'"):
+        plot_zoo("zoo.pnq")
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert "](docs/zoo.png)" in readme
+
+
 def test_ci_runs_the_readme_test_command():
     """CI (.ci/run) runs the quick start's test command verbatim, install included, after the lint."""
     from pathlib import Path
@@ -150,3 +183,20 @@ def test_benchmark_alternates_the_order_of_its_contenders():
     wall, cpu = interleaved([lambda: calls.append("a"), lambda: calls.append("b")], repeats=3)
     assert calls == ["a", "b", "b", "a", "a", "b"]
     assert [len(w) for w in wall] == [3, 3] == [len(c) for c in cpu] and min(map(min, wall)) >= 0
+
+
+def test_card_presets_are_stated_once():
+    """CIFAR cards all carry the CIFAR preset (32 px, 10 classes, CIFAR mean/std, no crop, not detection-ready), and a
+    card cannot restate a preset field or name an unknown preset."""
+    cifar = registry.CARD_PRESETS["cifar"]
+    names = backbones.list_models(detection_ready=False)
+    assert len(names) >= 10  # 6 DenseNet, 2 NASNet-A, 2 ENAS today
+    for name in names:
+        card = backbones.model_card(name)
+        assert {k: getattr(card, k) for k in cifar} == cifar, name
+    card = registry.make_card("inception", family="x", paper="p", table="t", params=1, macs=None)
+    assert card.mean == card.std == (0.5, 0.5, 0.5) and card.input_size == 224
+    with pytest.raises(TypeError, match="already sets num_classes"):
+        registry.make_card("cifar", family="x", paper="p", table="t", params=1, macs=None, num_classes=10)
+    with pytest.raises(ValueError, match="preset='cifar10' is not valid .*did you mean 'cifar'"):
+        registry.make_card("cifar10", family="x", paper="p", table="t", params=1, macs=None)

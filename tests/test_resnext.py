@@ -131,7 +131,7 @@ def test_c1_is_the_stem_before_the_pool():
     "option,value,hint",
     [
         ("stem_type", "3x3", "'7x7', 'deep'"),
-        ("down_kernel_size", 5, "1 or 3"),
+        ("down_kernel_size", 5, "choose one of 1, 3"),
         ("layers", (3, 4, 6), "four positive block counts"),
         ("se_ratio", -1, "positive integer"),
         ("cardinality", 0, ">= 1"),

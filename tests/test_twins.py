@@ -1,5 +1,6 @@
 """Twin parity: for every model whose card names a timm or torchvision twin, random twin weights saved to a file
-load with ``pretrained=<file>, reference_padding=True`` and give the same logits and the same features."""
+load with ``pretrained=<file>`` alone (the loader recognises the twin's layout and builds in its numerics) and give the
+same logits, and with ``reference_padding=True`` (the alias of the twin's reference) the same features."""
 
 from __future__ import annotations
 
@@ -37,7 +38,8 @@ def test_twin_parity(name, lib, twin, tmp_path):
     randomize_bn_stats(ref)
     path = tmp_path / f"{twin}.pth"
     torch.save(ref.state_dict(), path)
-    ours = backbones.create_model(name, pretrained=str(path), reference_padding=True, channels_last=False).eval()
+    ours = backbones.create_model(name, pretrained=str(path), channels_last=False).eval()
+    assert ours.reference == backbones.model_card(name).padding_reference  # the twin's, without naming it
     side = max(PARITY_SIDE, backbones.model_card(name).input_size if is_heavy(name) else 0)
     x = torch.randn(2, 3, side, side, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():

@@ -1,7 +1,9 @@
 """Tiny training runs shared by the end-to-end, fault and distributed tests; also the driver script they start.
 
-As a module: :func:`tiny` (overrides for a detection run of seconds), :func:`compose_cfg`, :func:`start_driver`
-(this file as a subprocess) and the readers of what the driver records. As a script::
+As a module: :func:`tiny` (overrides for a detection run of seconds), :func:`compose_cfg`, the one way tests start
+processes (:func:`run_tool` for ``tools/*.py``, :func:`start` / :func:`wait_all` for any command, :func:`start_driver`
+for this file, :func:`kill_when` to SIGKILL one at a chosen moment) and the readers of what the driver records. As a
+script::
 
     python tests/tiny_runs.py {detect|classify} <run dir> [override ...]
 
@@ -16,9 +18,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +44,7 @@ def tiny(tmp_path: Path, steps: int = 3) -> list[str]:
         "dataset.workers=0",
         f"trainer.max_steps={steps}",
         "trainer.log_every_n_steps=1",
-        "solver.warmup_iters=1",
+        "solver.warmup_steps=1",
     ]
 
 
@@ -51,31 +55,84 @@ def compose_cfg(overrides: Sequence[str] = (), task: str = "detect"):
         return compose(task, list(overrides))
 
 
-def child_env(**extra: str) -> dict[str, str]:
-    """One thread per process (2 shared cores), the repository importable."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE", **extra}
+def child_env(one_thread: bool = True, **extra: str) -> dict[str, str]:
+    """The repository importable; one thread per process (2 shared cores) unless not ``one_thread`` (then the
+    thread count is inherited, as a user's run would)."""
+    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", **({"OMP_NUM_THREADS": "1"} if one_thread else {}), **extra}
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
     return env
 
 
-def start_driver(overrides: Sequence[str], run_dir: Path, task: str = "detect", **env: str) -> subprocess.Popen:
-    """This file as a training subprocess; its output goes to ``<run dir>/driver.log`` (appended)."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    log = open(run_dir / "driver.log", "ab")  # noqa: SIM115 - the child holds it open
-    cmd = [sys.executable, str(Path(__file__).resolve()), task, str(run_dir), *overrides]
+def tool(script: str, *args: str) -> list[str]:
+    """The command line of ``tools/<script>``."""
+    return [sys.executable, str(ROOT / "tools" / script), *args]
+
+
+def run_tool(
+    script: str, *args: str, cwd: Path = ROOT, timeout: float = 900, one_thread: bool = True, **env: str
+) -> subprocess.CompletedProcess:
+    """Run ``tools/<script> args`` to the end; it must exit 0 (the failure shows the end of its output)."""
+    proc = subprocess.run(
+        tool(script, *args), cwd=cwd, capture_output=True, text=True, timeout=timeout, env=child_env(one_thread, **env)
+    )
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    return proc
+
+
+def start(cmd: Sequence[str], log: Path, cwd: Path = ROOT, new_session: bool = False, **env: str) -> subprocess.Popen:
+    """``cmd`` as a subprocess (:func:`child_env`), stdout and stderr appended to ``log``; ``new_session``: in a
+    process group of its own (whose id is its pid), which a test can signal as a scheduler or a Ctrl-C does."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    out = open(log, "ab")  # noqa: SIM115 - the child holds it open
     try:
-        return subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=child_env(**env))
+        return subprocess.Popen(list(cmd), cwd=cwd, stdout=out, stderr=subprocess.STDOUT, env=child_env(**env),
+                                start_new_session=new_session)  # fmt: skip
     finally:
-        log.close()
+        out.close()
 
 
-def run_driver(overrides: Sequence[str], run_dir: Path, task: str = "detect", timeout: float = 900, **env: str) -> None:
-    proc = start_driver(overrides, run_dir, task, **env)
+def wait_all(procs: Sequence[subprocess.Popen], timeout: float = 900) -> list[int]:
+    """The exit codes of ``procs``; any still running after ``timeout`` seconds in all is killed."""
+    deadline = time.monotonic() + timeout
     try:
-        rc = proc.wait(timeout=timeout)
+        return [p.wait(timeout=max(0.0, deadline - time.monotonic())) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+
+def kill_when(proc: subprocess.Popen, ready: Callable[[], bool], poll: float = 0.01, timeout: float = 600) -> bool:
+    """SIGKILL ``proc`` as soon as ``ready()`` holds (checked every ``poll`` seconds) and wait for it; False if it
+    exited by itself first (then it was not killed). Never leaves it running."""
+    deadline = time.monotonic() + timeout
+    try:
+        while proc.poll() is None and time.monotonic() < deadline:
+            if ready():
+                break
+            time.sleep(poll)
+        if proc.poll() is not None:
+            return False
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        return True
     finally:
         if proc.poll() is None:
             proc.kill()
+            proc.wait()
+
+
+def start_driver(
+    overrides: Sequence[str], run_dir: Path, task: str = "detect", new_session: bool = False, **env: str
+) -> subprocess.Popen:
+    """This file as a training subprocess; its output goes to ``<run dir>/driver.log`` (appended)."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), task, str(run_dir), *overrides]
+    return start(cmd, run_dir / "driver.log", new_session=new_session, **env)
+
+
+def run_driver(overrides: Sequence[str], run_dir: Path, task: str = "detect", timeout: float = 900, **env: str) -> None:
+    (rc,) = wait_all([start_driver(overrides, run_dir, task, **env)], timeout)
     assert rc == 0, (run_dir / "driver.log").read_text()[-4000:]
 
 

@@ -5,16 +5,20 @@
     python tools/benchmark.py shufflenet_v1_g3_x2_0 --baseline mobilenet_v1_x1_0     # no twin: compare GMAC/s
     python tools/benchmark.py densenet121 --peak-memory --option memory_efficient=True
     python tools/benchmark.py --all --device cuda --channels-last --amp
+    python tools/benchmark.py resnext50_32x4d densenet121 --repeats 7 --json docs/benchmarks/twins_cpu.json
+    python tools/benchmark.py --render docs/benchmarks/*.json --write docs/benchmarks.md
 
 Prints a Markdown table: median ms, images/s, mult-adds/s, peak memory, and ours/twin = our time / twin time
-(< 1 means ours is faster), with the machine it ran on.
+(< 1 means ours is faster), with the machine it ran on. ``--json FILE`` also stores the run (machine, date, load
+average before and after, settings, every row and repeat); ``--render`` turns stored files into the docs' tables.
 """
 
 from __future__ import annotations
 
 import argparse
 import ast
-import platform
+import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -23,7 +27,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 import backbones  # noqa: E402
-from backbones.benchmark import compare, cpu_peak_mb, format_table  # noqa: E402
+from backbones.atomic import write_text_atomic  # noqa: E402
+from backbones.benchmark import (  # noqa: E402
+    TIMING_COLUMNS,
+    begin_report,
+    check_options,
+    check_report_path,
+    compare,
+    cpu_peak_mb,
+    end_report,
+    format_table,
+    load_report,
+    render_files,
+    render_report,
+    timing_rows,
+    write_report,
+)
 
 
 def _option(text: str) -> tuple[str, object]:
@@ -45,25 +64,46 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--amp", action="store_true", help="bf16 autocast on CPU, fp16 on CUDA")
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--modes", default="forward,train")
+    ap.add_argument("--modes", default="forward,train", help="comma-separated: forward, train")
     ap.add_argument("--twin", choices=("timm", "torchvision"), default=None)
     ap.add_argument("--baseline", default=None, help="compare with another registered model instead of the twin")
     ap.add_argument("--peak-memory", action="store_true", help="also measure peak memory of each step")
     ap.add_argument("--option", action="append", default=[], type=_option, help="model option key=value (ours)")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--json", default=None, metavar="FILE", help="also write the run (machine, load, rows) as JSON")
+    ap.add_argument("--render", nargs="+", default=None, metavar="JSON", help="render stored --json files")
+    ap.add_argument("--write", default=None, metavar="DOC", help="with --render: fill DOC's bench:<name> blocks")
     args = ap.parse_args(argv)
+    if args.write and not args.render:
+        ap.error("--write DOC needs --render JSON [JSON ...]")
+    if args.json:
+        check_report_path(args.json)
+    if args.render:
+        if args.write:
+            write_text_atomic(args.write, render_files(args.render, args.write))
+            print(f"rendered {len(args.render)} report(s) into {args.write}")
+        else:
+            print("\n\n".join(render_report(load_report(p)) for p in args.render))
+        return 0
     if args.threads:
         torch.set_num_threads(args.threads)
     names = [n for n in backbones.list_models() if backbones.model_card(n).twins] if args.all else args.models
     if not names:
         ap.error("name at least one model, or --all")
-    modes = tuple(args.modes.split(","))
+    modes = tuple(m for m in args.modes.split(",") if m)
+    try:
+        check_options(args.batch_size, args.repeats, args.warmup, modes, args.input_size)
+        for n in [*names, *([args.baseline] if args.baseline else [])]:
+            backbones.model_card(n)  # an unknown name is named with close matches
+    except (TypeError, ValueError) as e:
+        ap.error(str(e))
+    except KeyError as e:
+        ap.error(e.args[0])
     options = dict(args.option)
-    print(
-        f"# machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-        f"torch {torch.__version__}, device {args.device}"
-        + (f" ({torch.cuda.get_device_name()})" if args.device.startswith("cuda") else "")
-    )
+    settings = {k: v for k, v in vars(args).items() if k not in ("models", "all", "json", "render", "write")}
+    report = begin_report("twins", "python tools/benchmark.py " + shlex.join(sys.argv[1:] if argv is None else argv),
+                          {**settings, "models": names}, args.device)  # fmt: skip
+    print(f"# machine: {json.dumps(report['machine'])}, load average {report['load_before']}")
     print(
         "# layout: "
         + (
@@ -73,22 +113,11 @@ def main(argv: list[str] | None = None) -> int:
             "--channels-last puts both in channels-last, --option channels_last=False keeps ours contiguous"
         )
     )
+    keys = ("batch_size", "input_size", "device", "channels_last", "amp", "repeats", "warmup", "baseline")
+    common = {**{k: getattr(args, k) for k in keys}, "modes": modes, "twin_lib": args.twin, "options": options}
     results = []
     for name in names:
-        rs = compare(
-            name,
-            batch_size=args.batch_size,
-            input_size=args.input_size,
-            device=args.device,
-            channels_last=args.channels_last,
-            amp=args.amp,
-            repeats=args.repeats,
-            warmup=args.warmup,
-            modes=modes,
-            twin_lib=args.twin,
-            baseline=args.baseline,
-            options=options,
-        )
+        rs = compare(name, **common)
         if args.peak_memory and args.device == "cpu":
             for r in rs:
                 opts = options if r.impl == "ours" else {}
@@ -99,6 +128,10 @@ def main(argv: list[str] | None = None) -> int:
         print(format_table(rs), flush=True)
     if len(names) > 1:
         print("\n## all\n" + format_table(results))
+    if args.json:
+        report = end_report(report, TIMING_COLUMNS, timing_rows(results))
+        write_report(args.json, report)
+        print(f"wrote {args.json} (load average after: {report['load_after']})")
     return 0
 
 

@@ -24,18 +24,17 @@ from omegaconf import DictConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from detection.entry import prepare_process  # noqa: E402  (imports no torch)
+from training.process import prepare_process  # noqa: E402  (imports no torch)
 
 prepare_process()  # before torch loads: OMP_WAIT_POLICY; ranks > 0 write no Hydra files
-
-from classification.module import run  # noqa: E402
-
 log = logging.getLogger("train_cls")
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="classify")
 def main(cfg: DictConfig) -> float:
     from hydra.core.hydra_config import HydraConfig
+
+    from classification.module import run  # after Hydra's checks and the run-dir lock: no torch import before
 
     metrics = run(cfg, HydraConfig.get().runtime.output_dir)
     log.info(

@@ -21,7 +21,7 @@ from omegaconf import DictConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from detection.entry import prepare_process  # noqa: E402  (imports no torch)
+from training.process import prepare_process  # noqa: E402  (imports no torch)
 
 prepare_process()  # before torch loads: OMP_WAIT_POLICY; ranks > 0 write no Hydra files
 logger = logging.getLogger("train_net")

@@ -21,8 +21,9 @@ and ``add_instancenorm`` combines) are supported, so a genotype transcribed from
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass, field
+
+from ..checks import did_you_mean
 
 # The 13 operations of the paper's list (section 3), in its order; TF-slim names in comments where they exist.
 OPS = (
@@ -56,11 +57,6 @@ _ENAS_OPS = ("sep_conv_3x3", "sep_conv_5x5", "avg_pool_3x3", "max_pool_3x3", "id
 
 class GenotypeError(ValueError):
     """A malformed genotype: names the cell, the block (and the state it creates) and the valid choices."""
-
-
-def _closest(value: str, valid: tuple[str, ...]) -> str:
-    close = difflib.get_close_matches(str(value), valid, n=3, cutoff=0.5)
-    return f" (did you mean {', '.join(close)}?)" if close else ""
 
 
 @dataclass(frozen=True)
@@ -187,7 +183,8 @@ def validate_cell(cell: CellGenotype) -> None:
         node = f"{where} block {b} (creates state {state})"
         for side, idx, op in (("left", block.left, block.left_op), ("right", block.right, block.right_op)):
             if op not in OPS:
-                raise GenotypeError(f"{node}: {side} op {op!r} is unknown{_closest(op, OPS)}; valid: {', '.join(OPS)}")
+                hint = did_you_mean(op, OPS, cutoff=0.5)
+                raise GenotypeError(f"{node}: {side} op {op!r} is unknown{hint}; valid: {', '.join(OPS)}")
             if not isinstance(idx, int) or not 0 <= idx < state:
                 raise GenotypeError(
                     f"{node}: {side} input {idx!r} is out of range; valid states here: 0..{state - 1} "
@@ -195,7 +192,7 @@ def validate_cell(cell: CellGenotype) -> None:
                 )
         if block.combine not in COMBINES:
             raise GenotypeError(
-                f"{node}: combine {block.combine!r} is unknown{_closest(block.combine, COMBINES)}; "
+                f"{node}: combine {block.combine!r} is unknown{did_you_mean(block.combine, COMBINES, cutoff=0.5)}; "
                 f"valid: {', '.join(COMBINES)}"
             )
     if bool(cell.concat) == bool(cell.outputs):
@@ -389,5 +386,6 @@ def get_genotype(genotype: str | Genotype) -> Genotype:
         return genotype
     if genotype not in GENOTYPES:
         valid = tuple(GENOTYPES)
-        raise KeyError(f"unknown genotype {genotype!r}{_closest(genotype, valid)}; valid: {', '.join(valid)}")
+        hint = did_you_mean(genotype, valid, cutoff=0.5)
+        raise KeyError(f"unknown genotype {genotype!r}{hint}; valid: {', '.join(valid)}")
     return GENOTYPES[genotype]

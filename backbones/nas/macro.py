@@ -25,7 +25,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..base import Backbone
+from ..checks import check
 from ..layers import FactorizedReduce, SeparableConv2d
+from ..registry import resolve_reference
 from .genotypes import ENAS_MACRO_ARC, MacroLayer, decode_enas_macro_arc
 
 
@@ -71,7 +73,10 @@ class ENASMacro(Backbone):
         num_classes, in_chans, drop_rate: head settings (script: dropout 0.5).
         drop_path_rate: must be 0 (the macro code has no drop path).
         reference_padding: no effect (stride-1 odd kernels only, where TF SAME is symmetric); accepted for the contract.
-        bn_eps, bn_momentum: ENAS ``image_ops.batch_norm`` (1e-3, decay 0.9).
+        reference: None or ``"tf"`` (the ENAS code's numerics), the same network here for the reason above.
+        bn_eps, bn_momentum: the authors' fixed-arc BatchNorm, ``melodyguan/enas`` ``src/cifar10/image_ops.py``
+            ``batch_norm`` (epsilon 1e-5 as released in commit 00787a5 "open source"; 1e-3 is the default of the
+            search-mode ``batch_norm_with_mask`` only), decay 0.9 = momentum 0.1.
     """
 
     head_modules = ("fc",)
@@ -83,15 +88,18 @@ class ENASMacro(Backbone):
         separable: bool = True,
         num_classes: int = 10,
         in_chans: int = 3,
+        reference: str | None = None,
         drop_rate: float = 0.5,
         drop_path_rate: float = 0.0,
         reference_padding: bool = False,
-        bn_eps: float = 1e-3,
+        bn_eps: float = 1e-5,
         bn_momentum: float = 0.1,
     ) -> None:
         super().__init__()
-        if drop_path_rate != 0.0:
-            raise ValueError(f"drop_path_rate={drop_path_rate}: the ENAS macro network has no drop path; use 0.0")
+        self.reference = resolve_reference(reference, reference_padding, ("tf",), None)
+        check(
+            "drop_path_rate", drop_path_rate, drop_path_rate == 0.0, "the ENAS macro network has no drop path: use 0.0"
+        )
         layers = decode_enas_macro_arc(arc)
         n = len(layers)
         if n < 3:

@@ -10,11 +10,16 @@ One class, :class:`NASNet`, builds every cell network from data: a genotype (``g
 stage (or one count per stage), the penultimate width F (``N @ F``; F0 = F / (4 x the normal cell's output width)),
 an ImageNet stem (conv0 3x3/2 + two reduction "stem cells") or a CIFAR stem (conv 3x3/1). Every layer's wiring,
 channel count and padding follows TF-slim ``_build_nasnet_base``; cell outputs are concatenations of 6F (normal) and
-4F (reduction) for NASNet-A, as the released checkpoints (the paper's Fig. 4 shows 5F/3F).
+4F (reduction) for NASNet-A, as the released checkpoints (the paper's Fig. 4 shows 5F/3F). The wiring is data
+(``plan.py``: :func:`~backbones.nas.plan.wire_cells`), and one executor (:func:`~backbones.nas.plan.run_plan`) runs
+the classifier, ``features_only``, the auxiliary head's input and the C4 box head; the registered variants are rows in
+``models.py``.
 
 Deliberate deviations, each with the option restoring the reference:
 * conv0 pads 1 and stride-2 ops pad symmetrically, so levels are exactly ``H / 2**i`` (``reference_padding=True``
-  gives the VALID conv0 and TF 'SAME' padding of the timm twins, bit for bit).
+  = ``reference="timm"`` gives the VALID conv0 and TF 'SAME' padding of the timm twins, bit for bit;
+  ``reference="tf"`` the same with TensorFlow's average pools, which exclude the padding: TF-slim, keras-applications
+  and Cadene's ports; ``reference="keras"`` Keras 3's NASNet, whose zero-padded stride-2 pools count the padding).
 * Levels are the cell outputs after ReLU (what every consumer reads; timm's feature taps are the same ReLUs).
 * ``create_model`` stores the parameters channels-last (its ``channels_last=True`` default, as for every family): on
   CPU depthwise convs and pooling run several times faster in that layout; results are the same.
@@ -30,18 +35,18 @@ from __future__ import annotations
 import math
 import re
 from collections import OrderedDict
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .. import registry
 from ..base import Backbone
-from ..registry import CIFAR_MEAN, CIFAR_STD, INCEPTION_MEAN, INCEPTION_STD, ModelCard, register_model
-from .cell import Cell, live_states
+from ..checks import check, check_choice, check_probability
+from .cell import Cell
 from .genotypes import CONVENTIONS, CellGenotype, Genotype, get_genotype
-from .macro import ENASMacro
 from .ops import OpContext
+from .plan import Plan, make_plan, run_plan, used_outputs, wire_cells
 
 STEMS = ("imagenet", "cifar")
 
@@ -53,24 +58,6 @@ def output_width(cell: CellGenotype) -> int:
         return widths[cell.outputs[0]]
     last = widths[-1]
     return sum(widths[s] if s >= cell.num_inputs else last for s in cell.concat)
-
-
-@dataclass(frozen=True)
-class _Ref:
-    """Input of a cell: output ``k`` of producer ``p`` (0 = stem), or the raw input 0 when ``raw``."""
-
-    p: int
-    k: int = 0
-    raw: bool = False
-
-
-@dataclass(frozen=True)
-class _Spec:
-    name: str
-    reduction: bool
-    channels: int
-    stage: int
-    inputs: tuple[_Ref, ...]
 
 
 class AuxHead(nn.Module):
@@ -106,29 +93,18 @@ class AuxHead(nn.Module):
 
 
 class _CellTail(nn.Module):
-    """The cells after a feature level, run on RoI features (see :meth:`NASNet.make_box_head`): any input produced
-    before ``first`` is the RoI feature ``x``; returns the last cell's output after ReLU."""
+    """The cells after a feature level, run on RoI features (see :meth:`NASNet.make_box_head`) by the network's
+    executor: every input produced before the first of them is the RoI feature; returns the last cell's output after
+    ReLU."""
 
-    def __init__(self, cells: nn.ModuleDict, specs: list, first: int, out_channels: int) -> None:
+    def __init__(self, cells: nn.ModuleDict, plan: Plan, out_channels: int) -> None:
         super().__init__()
         self.cells = cells
-        self._specs = [sp for sp in specs if sp.name in cells]
-        self._first = first
+        self.plan = plan
         self.out_channels = out_channels
 
     def forward(self, x: Tensor) -> Tensor:
-        vals: dict[tuple[int, int], tuple[Tensor, Tensor]] = {}
-        y: Tensor | list[Tensor] = x
-        for idx, sp in enumerate(self._specs, start=self._first):
-            pairs = [(x, x) if r.p < self._first else vals[(r.p, min(r.k, _outputs(vals, r.p) - 1))] for r in sp.inputs]
-            y = self.cells[sp.name]([a for a, _ in pairs], [b for _, b in pairs])
-            for k, t in enumerate(y if isinstance(y, list) else [y]):
-                vals[(idx, k)] = (t, F.relu(t))
-        return vals[(self._first + len(self._specs) - 1, 0)][1]
-
-
-def _outputs(vals: dict, p: int) -> int:
-    return sum(1 for q, _ in vals if q == p)
+        return run_plan(self.plan, self.cells, x, activated=True)["out"]
 
 
 class NASNet(Backbone):
@@ -148,7 +124,8 @@ class NASNet(Backbone):
         aux_head: build the auxiliary classifier; ``forward`` then returns ``(logits, aux_logits)`` in training mode.
         input_size: design resolution; only sizes the aux head's last conv.
         bn_eps, bn_momentum: BatchNorm settings (TF-slim ImageNet: 1e-3 and decay 0.9997, i.e. momentum 3e-4).
-        reference_padding: VALID conv0 and TF 'SAME' padding of the timm twins (not fx-traceable).
+        reference_padding: VALID conv0 and TF 'SAME' padding of the timm twins (not fx-traceable): ``"timm"``.
+        reference: None, ``"timm"``, ``"tf"`` or ``"keras"`` (see the module docstring; not fx-traceable).
     """
 
     head_modules = ("fc", "aux_head")
@@ -156,6 +133,7 @@ class NASNet(Backbone):
     def __init__(
         self,
         genotype: str | Genotype = "nasnet_a",
+        *,
         num_cells: int | tuple[int, int, int] = 6,
         penultimate_filters: int = 4032,
         stem: str = "imagenet",
@@ -170,16 +148,25 @@ class NASNet(Backbone):
         bn_eps: float = 1e-3,
         bn_momentum: float = 0.0003,
         reference_padding: bool = False,
+        reference: str | None = None,
     ) -> None:
         super().__init__()
+        self.reference = registry.resolve_reference(reference, reference_padding, ("timm", "tf", "keras"), "timm")
+        reference_padding = self.reference is not None
         g = get_genotype(genotype)
-        if stem not in STEMS:
-            raise ValueError(f"stem={stem!r} is not valid; choose one of {', '.join(STEMS)}")
-        counts = (num_cells,) * 3 if isinstance(num_cells, int) else tuple(num_cells)
-        if len(counts) != 3 or any(not isinstance(n, int) or n < 1 for n in counts):
-            raise ValueError(f"num_cells={num_cells!r} must be a positive int N or three positive ints, one per stage")
-        if not 0.0 <= drop_path_rate < 1.0:
-            raise ValueError(f"drop_path_rate={drop_path_rate} must be in [0, 1)")
+        check_choice("stem", stem, STEMS)
+        if isinstance(num_cells, int):
+            counts: tuple = (num_cells,) * 3
+        else:
+            counts = tuple(num_cells) if isinstance(num_cells, tuple | list) else ()
+
+        check(
+            "num_cells",
+            num_cells,
+            len(counts) == 3 and all(isinstance(n, int) and n >= 1 for n in counts),
+            "give a positive int N or three positive ints, one per stage",
+        )
+        check_probability("drop_path_rate", drop_path_rate)
         width = output_width(g.normal)
         if penultimate_filters % (4 * width):
             lo = penultimate_filters // (4 * width) * 4 * width
@@ -200,7 +187,7 @@ class NASNet(Backbone):
         self.genotype = g
         self.reference_padding = reference_padding
         self.num_classes = num_classes
-        self._ctx = ctx = OpContext(bn_eps, bn_momentum, reference_padding, conv)
+        self._ctx = ctx = OpContext(bn_eps, bn_momentum, reference_padding, conv, same_pool=self.reference or "timm")
 
         # ---- stem -------------------------------------------------------------------------------------------------
         imagenet = stem == "imagenet"
@@ -211,43 +198,15 @@ class NASNet(Backbone):
             OrderedDict(conv=nn.Conv2d(in_chans, stem_c, 3, stride0, pad0, bias=False), bn=ctx.bn(stem_c))
         )
 
-        # ---- cells, as a plan: TF-slim _imagenet_stem + _build_nasnet_base ---------------------------------------
-        specs: list[_Spec] = []
-        k_in = g.normal.num_inputs
-        hist: list[int | None] = ([None] * (k_in - 1) if conv.first_prev == "none" else [0] * (k_in - 1)) + [0]
-        if imagenet:
-            for i in range(2):
-                specs.append(self._spec(f"cell_stem_{i}", True, int(f0 * 2.0 ** (i - 2)), i + 1, hist, False))
-                hist.append(len(specs))
-        stage_base = 2 if imagenet else 1
-        n_normal = 0
-        for s, n in enumerate(counts):
-            skip = False
-            if s > 0:
-                specs.append(self._spec(f"reduction_cell_{s - 1}", True, f0 * 2**s, stage_base + s, hist, False))
-                hist.append(len(specs))
-                skip = skip_reduction_layer_input
-            for i in range(n):
-                specs.append(self._spec(f"cell_{n_normal}", False, f0 * 2**s, stage_base + s, hist, skip and i == 0))
-                hist.append(len(specs))
-                n_normal += 1
+        # ---- cells: the wiring as data, then one Cell per spec, tracking each producer's channels and stride -----
+        specs = wire_cells(
+            g.normal.num_inputs, conv.first_prev == "none", counts, imagenet, f0, skip_reduction_layer_input
+        )
         self._specs = specs
-
-        # ---- build the cells, tracking each producer's channels and stride ----------------------------------------
-        # outputs some later layer reads, from the last cell backwards (output 0 always: next cell, level, head);
-        # only matters for cells emitting several states (NASNet-B), whose last ones feed layers that do not exist
-        n_out = len(g.normal.outputs) or 1
-        used: dict[int, set[int]] = {i: {0} for i in range(len(specs) + 1)}
-        for idx in range(len(specs), 0, -1):
-            sp = specs[idx - 1]
-            live = live_states(g.reduce if sp.reduction else g.normal, tuple(sorted(used[idx])))
-            for j, r in enumerate(sp.inputs):
-                if j in live:
-                    used[r.p].add(0 if r.raw or r.p == 0 else min(r.k, n_out - 1))
+        used = used_outputs(specs, g)
         chans: dict[int, list[int]] = {0: [stem_c]}
         strides: dict[int, int] = {0: stride0}
         cells = OrderedDict()
-        total = len(specs)
         for idx, sp in enumerate(specs, start=1):
             s0 = strides[sp.inputs[0].p]
             cell = Cell(
@@ -258,25 +217,24 @@ class NASNet(Backbone):
                 channels=sp.channels,
                 stride=2 if sp.reduction else 1,
                 ctx=ctx,
-                drop_prob=drop_path_rate * idx / total,
-                used_outputs=tuple(sorted(used[idx])),
+                drop_prob=drop_path_rate * idx / len(specs),
+                used_outputs=used[idx],
             )
             cells[sp.name] = cell
             chans[idx] = cell.out_channels if isinstance(cell.out_channels, list) else [cell.out_channels]
             strides[idx] = s0 * cell.stride
         self.cells = nn.ModuleDict(cells)
+        #: (channels of output 0, stride) of every producer (0 = stem), as built
+        self._producers = [(chans[i][0], strides[i]) for i in range(len(specs) + 1)]
 
         # ---- levels: c1 = conv0, then the last cell at each stride (after ReLU) ------------------------------------
         self._level_of: dict[int, str] = {}
         if imagenet:
             self.add_feature(stem_c, 2, "stem", stage=0)
             self._level_of[0] = "c1"
-        last_at: dict[int, int] = {}
-        for idx in range(1, len(specs) + 1):
-            last_at[strides[idx]] = idx
+        last_at = {strides[idx]: idx for idx in range(1, len(specs) + 1)}
         for stride, idx in sorted(last_at.items()):
-            name = f"cells.{specs[idx - 1].name}"
-            self.add_feature(chans[idx][0], stride, name, stage=specs[idx - 1].stage)
+            self.add_feature(chans[idx][0], stride, f"cells.{specs[idx - 1].name}", stage=specs[idx - 1].stage)
             self._level_of[idx] = self.feature_info[-1].name
         self._final = len(specs)
         self.num_features = chans[self._final][0]
@@ -286,7 +244,7 @@ class NASNet(Backbone):
         self.fc = nn.Linear(self.num_features, num_classes, bias=conv.fc_bias) if num_classes else nn.Identity()
         self._aux_at: int | None = None
         if aux_head:
-            self._aux_at = self._aux_position(conv.aux_after, counts, imagenet)
+            self._aux_at = self._aux_position(conv.aux_after, imagenet)
             aux_stride = strides[self._aux_at]
             side = (math.ceil(input_size / aux_stride) - 5) // 3 + 1
             if side < 1:
@@ -296,20 +254,7 @@ class NASNet(Backbone):
             self.aux_head = AuxHead(chans[self._aux_at][0], num_classes, side, conv.aux_same_padding, conv.fc_bias, ctx)
         self.init_weights()
 
-    # ---- construction helpers -----------------------------------------------------------------------------------
-    def _spec(self, name: str, reduction: bool, channels: int, stage: int, hist: list, skip: bool) -> _Spec:
-        """The next cell's inputs from the history of producers (TF-slim ``cell_outputs``): input j is the j-th most
-        recent, or its output j if it emits several (NASNet-B); with ``skip`` (the normal cell right after a
-        reduction, skip_reduction_layer_input) the older inputs skip the reduction's input. A missing (None) one is
-        the raw input 0 (TF-slim ``prev_layer=None``)."""
-        refs = []
-        for j in range(self.genotype.normal.num_inputs):
-            back = 1 + j + (1 if skip and j > 0 else 0)
-            p = hist[-back] if back <= len(hist) else hist[0]
-            refs.append(_Ref(hist[-1], 0, raw=True) if p is None else _Ref(p, j))
-        return _Spec(name, reduction, channels, stage, tuple(refs))
-
-    def _aux_position(self, where: str, counts: tuple[int, ...], imagenet: bool) -> int:
+    def _aux_position(self, where: str, imagenet: bool) -> int:
         base = 2 if imagenet else 1
         normal = [i for i, sp in enumerate(self._specs, start=1) if not sp.reduction]
         stage_of = {i: self._specs[i - 1].stage for i in normal}
@@ -317,99 +262,30 @@ class NASNet(Backbone):
             return max(i for i in normal if stage_of[i] == base + 1)
         return min(i for i in normal if stage_of[i] == base + 2)  # ENAS: aux_head_indices = [pool_layers[-1] + 1]
 
-    # ---- the run plan: which tensors are needed raw / after ReLU, and when they can be freed -----------------------
-    def _plan(self, levels: tuple[str, ...], final: bool, aux: bool) -> dict:
+    # ---- running: one plan per request (levels, last activation, aux input), cached per set of cells ---------------
+    def _plan(self, levels: tuple[str, ...], final: bool, aux: bool) -> Plan:
         key = (levels, final, aux, tuple(self.cells.keys()))
         cache = self.__dict__.setdefault("_plans", {})
-        if key in cache:
-            return cache[key]
-        raw: set[tuple[int, int]] = set()
-        act: set[tuple[int, int]] = set()
-        last_use: dict[tuple[int, int], int] = {}
-        run = [sp for sp in self._specs if sp.name in self.cells]
-        taps = {}
-        for idx, name in self._level_of.items():
-            if name in levels:
-                taps[idx] = name
-                (raw if idx == 0 else act).add((idx, 0))
-                last_use[(idx, 0)] = max(last_use.get((idx, 0), 0), idx)
-        if not run:
-            stop = 0
-        else:
-            deepest = max([i for i in taps] + ([self._final] if final else []) + ([self._aux_at] if aux else []))
-            stop = deepest
-        for idx, sp in enumerate(run[:stop], start=1):
-            cell = self.cells[sp.name]
-            for j, r in enumerate(sp.inputs):
-                k = min(r.k, self._num_outputs(r.p) - 1)
-                if cell.input_raw[j]:
-                    raw.add((r.p, k))
-                if cell.input_act[j]:
-                    act.add((r.p, k))
-                if cell.input_raw[j] or cell.input_act[j]:
-                    last_use[(r.p, k)] = idx
-        for idx in ([self._final] if final else []) + ([self._aux_at] if aux else []):
-            act.add((idx, 0))
-            last_use[(idx, 0)] = max(last_use.get((idx, 0), 0), idx)
-        free_after: dict[int, list[tuple[int, int]]] = {}
-        for ref, idx in last_use.items():
-            free_after.setdefault(idx, []).append(ref)
-        plan = dict(raw=raw, act=act, taps=taps, stop=stop, free_after=free_after)
-        cache[key] = plan
-        return plan
+        if key not in cache:
+            # the stem level (c1) is conv0 -> BN as is; cell levels, the head and the aux head read cells after ReLU
+            wanted = {name: (idx, idx > 0) for idx, name in self._level_of.items() if name in levels}
+            if final:
+                wanted["final"] = (self._final, True)
+            if aux:
+                wanted["aux"] = (self._aux_at, True)
+            cache[key] = make_plan(self._specs, self.cells, wanted)
+        return cache[key]
 
-    def _num_outputs(self, p: int) -> int:
-        if p == 0:
-            return 1
-        out = self.cells[self._specs[p - 1].name].out_channels
-        return len(out) if isinstance(out, list) else 1
-
-    def _run(self, x: Tensor, levels: tuple[str, ...], final: bool, aux: bool):
-        """Stem and cells up to the deepest thing asked for; returns (final activation, levels dict, aux input)."""
-        plan = self._plan(levels, final, aux)
-        vals: dict[tuple[int, int], tuple[Tensor | None, Tensor | None]] = {}
-        out: dict[str, Tensor] = OrderedDict()
-        self._store(vals, plan, 0, [self.stem(x)], fresh=True)
-        if 0 in plan["taps"]:
-            out[plan["taps"][0]] = vals[(0, 0)][0]
-        for idx in range(1, plan["stop"] + 1):
-            sp = self._specs[idx - 1]
-            cell = self.cells[sp.name]
-            raw_in, act_in = [], []
-            for j, r in enumerate(sp.inputs):
-                v = (None, None)
-                if cell.input_raw[j] or cell.input_act[j]:
-                    v = vals[(r.p, min(r.k, self._num_outputs(r.p) - 1))]
-                raw_in.append(v[0])
-                act_in.append(v[1])
-            y = cell(raw_in, act_in)
-            self._store(vals, plan, idx, y if isinstance(y, list) else [y], fresh=not isinstance(y, list))
-            if idx in plan["taps"]:
-                out[plan["taps"][idx]] = vals[(idx, 0)][1]
-            for ref in plan["free_after"].get(idx, []):
-                if ref[0] != self._final and ref[0] != self._aux_at:
-                    vals.pop(ref, None)
-        last = vals[(self._final, 0)][1] if final else None
-        aux_in = vals[(self._aux_at, 0)][1] if aux else None
-        return last, out, aux_in
-
-    @staticmethod
-    def _store(vals: dict, plan: dict, p: int, ys: list[Tensor], fresh: bool) -> None:
-        for k, y in enumerate(ys):
-            if y is None:
-                continue
-            want_raw, want_act = (p, k) in plan["raw"], (p, k) in plan["act"]
-            if want_act and not want_raw and fresh:
-                vals[(p, k)] = (None, F.relu(y, inplace=True))
-            else:
-                vals[(p, k)] = (y, F.relu(y) if want_act else None)
+    def _run(self, x: Tensor, levels: tuple[str, ...] = (), final: bool = False, aux: bool = False) -> dict:
+        """Stem and cells up to the deepest thing asked for: the levels by name, ``"final"``, ``"aux"``."""
+        return run_plan(self._plan(levels, final, aux), self.cells, self.stem(x))
 
     # ---- Backbone contract -------------------------------------------------------------------------------------
     def forward_features(self, x: Tensor) -> Tensor:
-        return self._run(x, (), final=True, aux=False)[0]
+        return self._run(x, final=True)["final"]
 
     def forward_levels(self, x: Tensor) -> dict[str, Tensor]:
-        return self._run(x, self.out_features, final=False, aux=False)[1]
+        return OrderedDict(self._run(x, self.out_features))
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         x = self.head_drop(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
@@ -419,12 +295,13 @@ class NASNet(Backbone):
         """Logits; ``(logits, aux_logits)`` in training mode with ``aux_head=True``; the levels dict when
         ``features_only``."""
         if self.features_only:
+            self.check_input_size(x)
             return self.forward_levels(x)
         aux = self.training and hasattr(self, "aux_head")
-        last, _, aux_in = self._run(x, (), final=True, aux=aux)
-        logits = self.forward_head(last)
+        out = self._run(x, final=True, aux=aux)
+        logits = self.forward_head(out["final"])
         if aux:
-            return logits, self.aux_head(aux_in)
+            return logits, self.aux_head(out["aux"])
         return logits
 
     def stage_modules(self) -> list[list[str]]:
@@ -459,26 +336,19 @@ class NASNet(Backbone):
         run = [sp.name for sp in self._specs[first - 1 :] if sp.name in self.cells]
         if not run:
             raise ValueError(f"no cell runs after {level!r}; keep a deeper level in out_features")
-        strides: dict[int, int] = {}
-        chans: dict[int, int] = {}
-        stride = 2 if "c1" in self.feature_names else 1  # ImageNet conv0 is stride 2
-        strides[0], chans[0] = stride, self.stem.conv.out_channels
-        for p, sp in enumerate(self._specs, start=1):
-            stride *= 2 if sp.reduction else 1
-            strides[p] = stride
-            if sp.name in self.cells:
-                out = self.cells[sp.name].out_channels
-                chans[p] = out if isinstance(out, int) else out[0]
+        last = first + len(run) - 1
         want = (self.feature(level).channels, self.feature(level).stride)
-        for sp in self._specs[first - 1 : first - 1 + len(run)]:
+        for sp in self._specs[first - 1 : last]:
             for r in sp.inputs:
-                if r.p < first and (chans.get(r.p), strides[r.p]) != want:
+                if r.p < first and self._producers[r.p] != want:
+                    c, s = self._producers[r.p]
                     raise NotImplementedError(
-                        f"{sp.name} reads a producer of {chans.get(r.p)} channels at stride {strides[r.p]}, unlike "
-                        f"{level} ({want[0]} at stride {want[1]}): this genotype has no C4 box head"
+                        f"{sp.name} reads a producer of {c} channels at stride {s}, unlike {level} ({want[0]} at "
+                        f"stride {want[1]}): this genotype has no C4 box head"
                     )
+        cells = nn.ModuleDict((n, self.cells[n]) for n in run)
         tail = _CellTail(
-            nn.ModuleDict((n, self.cells[n]) for n in run), self._specs, first, chans[first + len(run) - 1]
+            cells, make_plan(self._specs, cells, {"out": (last, True)}, first=first), self._producers[last][0]
         )
         for n in run:
             del self.cells[n]
@@ -530,7 +400,7 @@ def _remap_key(key: str, cell_map: dict[str, str]) -> str:
     return key
 
 
-# ---- builders: the registered variants are rows of data fed to these ------------------------------------------------
+# ---- builder: NASNet-A "N @ F" with the TF-slim config of its stem (the registered variants are in models.py) --------
 _STEM_DEFAULTS = {
     # TF-slim nasnet.py large_imagenet_config / mobile_imagenet_config / cifar_config
     "imagenet": dict(stem_multiplier=3.0, drop_rate=0.5, input_size=224, bn_eps=1e-3, bn_momentum=0.0003),
@@ -539,6 +409,7 @@ _STEM_DEFAULTS = {
 
 
 def nasnet_a(
+    *,
     num_cells: int = 6,
     penultimate_filters: int = 4032,
     stem: str = "imagenet",
@@ -553,285 +424,30 @@ def nasnet_a(
     bn_eps: float | None = None,
     bn_momentum: float | None = None,
     reference_padding: bool = False,
+    reference: str | None = None,
 ) -> NASNet:
-    """NASNet-A "N @ F" with an ImageNet or CIFAR stem; unset options take the TF-slim config of that stem."""
-    if stem not in _STEM_DEFAULTS:
-        raise ValueError(f"stem={stem!r} is not valid; choose one of {', '.join(_STEM_DEFAULTS)}")
-    d = _STEM_DEFAULTS[stem]
-
-    def pick(value, key):
-        return d[key] if value is None else value
-
+    """NASNet-A "N @ F" with an ImageNet or CIFAR stem; options left None take the TF-slim config of that stem
+    (``num_classes``: 1000 ImageNet, 10 CIFAR)."""
+    check_choice("stem", stem, _STEM_DEFAULTS)
+    given = dict(
+        stem_multiplier=stem_multiplier,
+        drop_rate=drop_rate,
+        input_size=input_size,
+        bn_eps=bn_eps,
+        bn_momentum=bn_momentum,
+    )
+    config = {**_STEM_DEFAULTS[stem], **{k: v for k, v in given.items() if v is not None}}
     return NASNet(
         "nasnet_a",
-        num_cells,
-        penultimate_filters,
-        stem,
-        pick(stem_multiplier, "stem_multiplier"),
-        skip_reduction_layer_input,
-        num_classes if num_classes is not None else (1000 if stem == "imagenet" else 10),
-        in_chans,
-        pick(drop_rate, "drop_rate"),
-        drop_path_rate,
-        aux_head,
-        pick(input_size, "input_size"),
-        pick(bn_eps, "bn_eps"),
-        pick(bn_momentum, "bn_momentum"),
-        reference_padding,
+        num_cells=num_cells,
+        penultimate_filters=penultimate_filters,
+        stem=stem,
+        skip_reduction_layer_input=skip_reduction_layer_input,
+        num_classes=num_classes if num_classes is not None else (1000 if stem == "imagenet" else 10),
+        in_chans=in_chans,
+        drop_path_rate=drop_path_rate,
+        aux_head=aux_head,
+        reference_padding=reference_padding,
+        **config,
+        reference=reference,
     )
-
-
-_NASNET = "Zoph et al. 2018, Learning Transferable Architectures for Scalable Image Recognition, arXiv 1707.07012"
-_TF_COUNTS = (
-    "params/MACs: arch_reference.md 8.5, computed on TF-slim semantics (conv + linear + BN affine; BN moving "
-    "statistics excluded). "
-)
-
-register_model(
-    "nasnet_a_large",
-    nasnet_a,
-    ModelCard(
-        family="nas",
-        paper=_NASNET,
-        table="Table 2 (NASNet-A 6 @ 4032, 331 px); counts: arch_reference.md 8.5 = timm nasnetalarge",
-        params=88_753_150,
-        macs=23_783_414_658,
-        input_size=331,
-        top1=82.7,
-        mean=INCEPTION_MEAN,
-        std=INCEPTION_STD,
-        crop_pct=0.911,
-        twins={"timm": "nasnetalarge"},
-        paper_params=88.9e6,
-        paper_macs=23.8e9,
-        macs_reference_padding=True,
-        notes=_TF_COUNTS + "The paper's 88.9 M includes the 2 x 98,334 BN moving statistics (88,949,818). "
-        "Aux head (aux_head=True) adds 4,567,784. Paper training: drop_path_rate 0.3 (keep 0.7), aux weight 0.4.",
-    ),
-    num_cells=6,
-    penultimate_filters=4032,
-    stem="imagenet",
-    stem_multiplier=3.0,
-    skip_reduction_layer_input=True,
-    input_size=331,
-)
-
-register_model(
-    "nasnet_a_mobile",
-    nasnet_a,
-    ModelCard(
-        family="nas",
-        paper=_NASNET,
-        table="Table 3 (NASNet-A 4 @ 1056, 224 px); counts: arch_reference.md 8.5 (= Cadene nasnetamobile params)",
-        params=5_289_978,
-        macs=563_638_816,
-        input_size=224,
-        top1=74.0,
-        mean=INCEPTION_MEAN,
-        std=INCEPTION_STD,
-        paper_params=5.3e6,
-        paper_macs=564e6,
-        macs_reference_padding=True,
-        notes=_TF_COUNTS + "The paper's 5.3 M matches 5,326,716 with BN moving statistics (Keras NASNetMobile total). "
-        "Cadene's port computes 568.2 M MACs (its padding). No timm twin. Aux head adds 2,411,240.",
-    ),
-    num_cells=4,
-    penultimate_filters=1056,
-    stem="imagenet",
-    stem_multiplier=1.0,
-    skip_reduction_layer_input=False,
-    input_size=224,
-)
-
-register_model(
-    "nasnet_a_cifar",
-    nasnet_a,
-    ModelCard(
-        family="nas",
-        paper=_NASNET,
-        table="Table 1 (NASNet-A 6 @ 768, CIFAR-10: 3.3 M, 3.41% error); counts: arch_reference.md 8.5",
-        params=3_346_538,
-        macs=544_333_312,
-        input_size=32,
-        num_classes=10,
-        top1=96.59,
-        mean=CIFAR_MEAN,
-        std=CIFAR_STD,
-        crop_pct=1.0,
-        detection_ready=False,
-        paper_params=3.3e6,
-        notes=_TF_COUNTS + "Aux head adds 1,631,498. Paper training: drop_path_rate 0.4 (keep 0.6), aux weight 0.4.",
-    ),
-    num_cells=6,
-    penultimate_filters=768,
-    stem="cifar",
-)
-
-register_model(
-    "nasnet_a_cifar_7_2304",
-    nasnet_a,
-    ModelCard(
-        family="nas",
-        paper=_NASNET,
-        table="Table 1 (NASNet-A 7 @ 2304, CIFAR-10: 27.6 M, 2.97% error); counts measured here (= arch_reference 8.5)",
-        params=32_590_954,
-        macs=5_151_250_944,
-        input_size=32,
-        num_classes=10,
-        top1=97.03,
-        mean=CIFAR_MEAN,
-        std=CIFAR_STD,
-        crop_pct=1.0,
-        detection_ready=False,
-        paper_params=27.6e6,
-        notes="Discrepancy, unresolved: TF-slim semantics (7 cells per stage, F0 = 96, 6F/4F concat) give 32.59 M, "
-        "18% above the paper's 27.6 M; 6 cells per stage would give 28.21 M and the figure's 5F/3F concat 29.79 M. "
-        "No public config; likely an earlier internal implementation. The structure is not adjusted to fit.",
-    ),
-    num_cells=7,
-    penultimate_filters=2304,
-    stem="cifar",
-)
-
-register_model(
-    "nasnet_a_5_1538",
-    nasnet_a,
-    ModelCard(
-        family="nas",
-        paper=_NASNET,
-        table="Table 2 (NASNet-A 5 @ 1538, 299 px: 10.9 M, 2.35 B); counts measured here at 5 @ 1536",
-        params=12_263_416,
-        macs=2_686_417_584,
-        input_size=299,
-        top1=78.6,
-        mean=INCEPTION_MEAN,
-        std=INCEPTION_STD,
-        paper_params=10.9e6,
-        paper_macs=2.35e9,
-        macs_reference_padding=True,
-        notes="Discrepancy, unresolved: 1538 is not a multiple of 24, so this is 5 @ 1536 (F0 = 64), stem x3: 12.26 M "
-        "/ 2.686 B, ~13% above the paper (stem x1: 12,247,544 / 2.552 B; the figure's 5F/3F concat: 11.11 M / "
-        "2.469 B). No public config exists (arch_reference.md 8.5, 13.3); paper numbers are approximate here.",
-    ),
-    num_cells=5,
-    penultimate_filters=1536,
-    stem="imagenet",
-    stem_multiplier=3.0,
-    input_size=299,
-)
-
-register_model(
-    "nasnet_a_7_1920",
-    nasnet_a,
-    ModelCard(
-        family="nas",
-        paper=_NASNET,
-        table="Table 2 (NASNet-A 7 @ 1920, 299 px: 22.6 M, 4.93 B); counts measured here",
-        params=24_613_292,
-        macs=5_373_739_132,
-        input_size=299,
-        top1=80.8,
-        mean=INCEPTION_MEAN,
-        std=INCEPTION_STD,
-        paper_params=22.6e6,
-        paper_macs=4.93e9,
-        macs_reference_padding=True,
-        notes="Discrepancy, unresolved: F0 = 80, stem x3 gives 24.61 M / 5.374 B, ~9% above the paper (stem x1: "
-        "24,595,884 / 5.227 B). The figure's 5F/3F concat with stem x3 gives 22,358,092 / 4.919 B, the closest "
-        "match, but contradicts the released 6F/4F cells; no public config (arch_reference.md 8.5, 13.3).",
-    ),
-    num_cells=7,
-    penultimate_filters=1920,
-    stem="imagenet",
-    stem_multiplier=3.0,
-    input_size=299,
-)
-
-register_model(
-    "pnasnet5_large",
-    NASNet,
-    ModelCard(
-        family="nas",
-        paper="Liu et al. 2018, Progressive Neural Architecture Search, arXiv 1712.00559",
-        table="TF-slim pnasnet.py large config; counts: arch_reference.md 10 (= timm pnasnet5large)",
-        params=86_057_668,
-        macs=24_937_395_792,
-        input_size=331,
-        top1=82.9,
-        mean=INCEPTION_MEAN,
-        std=INCEPTION_STD,
-        crop_pct=0.911,
-        twins={"timm": "pnasnet5large"},
-        macs_reference_padding=True,
-        notes="The PNASNet paper is not available as text: its 86.1 M / 25.0 B are recalled, unverified; top-1 82.9 "
-        "is TF-slim's. TF-slim's skip_reduction_layer_input=1 with PNASNet's loop wires the cell after a reduction "
-        "to the reduction's input, which is skip_reduction_layer_input=False in this builder's terms.",
-    ),
-    genotype="pnasnet5",
-    num_cells=(4, 3, 3),
-    penultimate_filters=4320,
-    stem="imagenet",
-    stem_multiplier=3.0,
-    skip_reduction_layer_input=False,
-    drop_rate=0.5,
-    input_size=331,
-)
-
-_ENAS = "Pham et al. 2018, Efficient Neural Architecture Search via Parameter Sharing, arXiv 1802.03268"
-register_model(
-    "enas_micro_cifar",
-    NASNet,
-    ModelCard(
-        family="nas",
-        paper=_ENAS,
-        table="ENAS CIFAR-10 table (shared/papers/002: micro search space 4.6 M, 3.54% error); counts measured here",
-        params=3_894_372,
-        macs=620_907_552,
-        input_size=32,
-        num_classes=10,
-        top1=96.46,
-        mean=CIFAR_MEAN,
-        std=CIFAR_STD,
-        crop_pct=1.0,
-        detection_ready=False,
-        paper_params=4.6e6,
-        notes="Authors' released arc and settings (cifar10_micro_final.sh: num_layers=15 -> 5 cells per stage, "
-        "36 filters) give 3,894,372, not the paper's 4.6 M; 6 cells per stage (num_layers=18, num_cells=6 here) give "
-        "4,587,372, which reproduces it. Aux head adds 494,848. A third-party transcription of the paper's figure "
-        "has different cells (3.44 M / 4.05 M at 5 / 6 cells); which cells gave 3.54% is not established.",
-    ),
-    genotype="enas_micro",
-    num_cells=5,
-    penultimate_filters=720,
-    stem="cifar",
-    stem_multiplier=3.0,
-    skip_reduction_layer_input=False,
-    num_classes=10,
-    drop_rate=0.2,
-    input_size=32,
-    bn_eps=1e-3,
-    bn_momentum=0.1,
-)
-
-register_model(
-    "enas_macro_cifar",
-    ENASMacro,
-    ModelCard(
-        family="nas",
-        paper=_ENAS,
-        table="ENAS CIFAR-10 table (shared/papers/002: macro search space 21.3 M, 4.23% error); counts measured here",
-        params=30_947_424,
-        macs=4_370_280_192,
-        input_size=32,
-        num_classes=10,
-        top1=95.77,
-        mean=CIFAR_MEAN,
-        std=CIFAR_STD,
-        crop_pct=1.0,
-        detection_ready=False,
-        paper_params=21.3e6,
-        notes="Discrepancy, unresolved: the released arc (cifar10_macro_final.sh, 24 layers, 96 filters) with true "
-        "separable convs gives 30.95 M; as the fixed-arc code builds it (ops 1/3 as ordinary convs, "
-        "separable=False) 42,559,392 / 5.646 G. Neither is the paper's 21.3 M (38.0 M 'more channels').",
-    ),
-)

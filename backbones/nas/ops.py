@@ -14,7 +14,10 @@ Padding: by default stride-2 ops pad symmetrically (``k // 2``), so a side that 
 ``H / 2**i`` and the graph has no shape-dependent code (fx-traceable). ``reference_padding=True`` reproduces TF
 'SAME' padding as the timm twins implement it: computed from the input size at stride 2 (asymmetric on even sides),
 with max pools padded by -inf and stride-2 average pools counting the zero padding (timm ``AvgPool2dSame`` pads with
-zeros before ``avg_pool2d``; TensorFlow itself excludes padding, as the default mode does).
+zeros before ``avg_pool2d``). ``OpContext.same_pool`` picks how the 'SAME'-padded stride-2 pools treat their padding:
+``"timm"`` (above), ``"tf"`` (TensorFlow, TF-slim and keras-applications' ``padding="same"``: average pools exclude
+the padding, max pools ignore it) or ``"keras"`` (Keras 3's NASNet: zero-padded, then 'valid' pools, so the zeros
+count in both).
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ class OpContext:
     momentum: float = 0.0003  # TF decay 0.9997
     reference_padding: bool = False
     conventions: Conventions = CONVENTIONS["tf_slim"]
+    same_pool: str = "timm"  # padding of the 'SAME' stride-2 pools under reference_padding: "timm" | "tf" | "keras"
 
     def bn(self, channels: int) -> nn.BatchNorm2d:
         return nn.BatchNorm2d(channels, eps=self.eps, momentum=self.momentum)
@@ -150,7 +154,10 @@ class Pool(Op):
         super().__init__()
         self.kind = kind
         dynamic = _needs_same_pad(ctx, (kernel, kernel), stride)
-        self.pad = SamePad(kernel, stride, value=0.0 if kind == "avg" else float("-inf")) if dynamic else None
+        zero = kind == "avg" or ctx.same_pool == "keras"
+        self.pad = SamePad(kernel, stride, value=0.0 if zero else float("-inf")) if dynamic else None
+        # TF: the mean over the window's real pixels only (the pool of the zero-padded ones counts them)
+        self.exclude_pad = dynamic and kind == "avg" and ctx.same_pool == "tf"
         padding = 0 if dynamic else kernel // 2
         if kind == "avg":
             self.pool: nn.Module = nn.AvgPool2d(kernel, stride, padding, count_include_pad=False)
@@ -164,9 +171,13 @@ class Pool(Op):
             self.conv = None
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.pad is not None:
-            x = self.pad(x)
-        x = self.pool(x)
+        if self.exclude_pad:
+            ones = x.new_ones((1, 1, x.shape[-2], x.shape[-1]))
+            x = self.pool(self.pad(x)) / self.pool(self.pad(ones))  # (sum / k^2) / (real pixels / k^2)
+        else:
+            if self.pad is not None:
+                x = self.pad(x)
+            x = self.pool(x)
         if self.conv is not None:
             if self.project_relu:
                 x = F.relu(x)

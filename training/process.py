@@ -1,4 +1,4 @@
-"""Process start-up shared by the Hydra entry points ``tools/train_net.py`` and ``tools/train_cls.py``.
+"""Process start-up shared by every entry script (``tools/train_net.py``, ``tools/train_cls.py``, the benchmarks).
 
 It imports neither torch nor Lightning, so it runs before they load: OpenMP settings only take effect then, and
 Hydra reads ``sys.argv`` when its ``main`` starts.
@@ -29,8 +29,8 @@ def prepare_process(argv: list[str] | None = None) -> None:
     * ``OMP_WAIT_POLICY=PASSIVE`` unless set: OpenMP threads that busy-wait between the many small ops of a detector
       collapse throughput (measured 4-5x on the shared 2-core CPU) as soon as another process shares the cores;
       sleeping threads lose little on an idle machine.
-    * Ranks other than 0 get :data:`NON_ZERO_RANK_OVERRIDES`, so every rank shares rank 0's run dir and only rank 0
-      writes Hydra's files there.
+    * Ranks other than 0 get :data:`NON_ZERO_RANK_OVERRIDES` appended to ``argv`` (``sys.argv`` by default; once,
+      however often this is called), so every rank shares rank 0's run dir and only rank 0 writes Hydra's files there.
     """
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     argv = sys.argv if argv is None else argv

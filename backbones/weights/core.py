@@ -1,12 +1,10 @@
-"""Loading weights: our own state dicts, a twin library's (timm / torchvision) state dicts, or the twin's
-published weights through that library.
+"""Reading PyTorch state dicts and loading them with every mismatch named.
 
 Files are read with ``torch.load(weights_only=True)``: a pickle that would run code is refused.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from typing import Any
@@ -23,23 +21,11 @@ class CheckpointMismatchError(RuntimeError):
     """Raised when a checkpoint's keys or shapes do not fit the model (e.g. one from another architecture)."""
 
 
-def sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def read_state_dict(path: str | os.PathLike, expected_sha256: str | None = None) -> dict[str, Tensor]:
+def read_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
     """Read a state dict from ``path`` (plain, wrapped in a training checkpoint, or DDP-prefixed)."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"pretrained weights file {path!r} does not exist")
-    if expected_sha256 is not None:
-        digest = sha256(path)
-        if digest != expected_sha256:
-            raise ValueError(f"{path!r} has sha256 {digest}, expected {expected_sha256}")
     try:
         obj: Any = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises UnpicklingError with a long text; keep it but say what happened
@@ -64,46 +50,6 @@ def unwrap_state_dict(obj: Any, origin: str = "checkpoint") -> dict[str, Tensor]
         if all(k.startswith(prefix) for k in obj):
             obj = {k[len(prefix) :]: v for k, v in obj.items()}
     return dict(obj)
-
-
-def _twin_state_dict(model: nn.Module) -> dict[str, Tensor]:
-    """The twin's published weights, through timm or torchvision (needs network access the first time)."""
-    card = model.card
-    if "timm" in card.twins:
-        import timm
-
-        twin = timm.create_model(card.twins["timm"], pretrained=True)
-    elif "torchvision" in card.twins:
-        import torchvision
-
-        twin = torchvision.models.get_model(card.twins["torchvision"], weights="DEFAULT")
-    else:
-        raise ValueError(
-            f"pretrained=True: {model.model_name!r} has no timm or torchvision twin with published weights; "
-            f"pass pretrained=<path to a state dict> instead"
-        )
-    return twin.state_dict()
-
-
-def load_pretrained(model: nn.Module, source: bool | str | os.PathLike, strict: bool = True) -> None:
-    """Load ``source`` (True = the twin's published weights; a path = our or the twin's state dict) into ``model``.
-
-    A state dict whose keys are ours loads as is; otherwise the family's ``remap_state_dict`` converts the twin's
-    names. A classifier of another size is left freshly initialised (fine-tuning), with a log line saying so.
-
-    Raises:
-        CheckpointMismatchError: naming missing, unexpected and mis-shaped keys.
-    """
-    if source is True:
-        state = _twin_state_dict(model)
-        origin = f"{model.card.twins} published weights"
-    else:
-        state = read_state_dict(source)
-        origin = repr(os.fspath(source))
-    own = model.state_dict()
-    if not set(own) <= set(state):
-        state = model.remap_state_dict(state)
-    load_state_dict_checked(model, state, origin, strict=strict)
 
 
 def load_state_dict_checked(model: nn.Module, state: dict[str, Tensor], origin: str, strict: bool = True) -> None:
@@ -136,8 +82,9 @@ def load_state_dict_checked(model: nn.Module, state: dict[str, Tensor], origin: 
     model.load_state_dict(state, strict=False)
 
 
-def rename_keys(state_dict: dict[str, Tensor], renames: tuple[tuple[str, str], ...]) -> dict[str, Tensor]:
-    """Apply ``(regex, replacement)`` renames, in order, to every key: a twin's names mapped onto ours as data."""
+def rename_keys(state_dict: dict[str, Tensor], renames: tuple[tuple[str, Any], ...]) -> dict[str, Tensor]:
+    """Apply ``(regex, replacement)`` renames, in order, to every key: a twin's names mapped onto ours as data (a
+    replacement is a ``re.sub`` template or a function of the match)."""
     import re
 
     out = {}
