@@ -105,6 +105,13 @@ def _option_type(default: Any) -> Any:
     return float if isinstance(default, float) else type(default)
 
 
+_SIZES_VALID = "one size > 0 per map, or a list of sizes > 0 per map, e.g. [16, 32] or [[16, 23], [32, 45]]"
+
+
+def _positive_sizes(sizes: list[Any]) -> bool:
+    return all(all(x > 0 for x in s) if isinstance(s, list) else s > 0 for s in sizes)
+
+
 def check_detector(detector_cfg: Mapping[str, Any] | str) -> dict[str, Any]:
     """The ``detector`` group: the detector's name, keys and levels (``detection.models.resolve_config``), then every
     option's type, derived from its default in ``DETECTORS``, and range: ``*_thresh`` in [0, 1], ``min_ratio`` /
@@ -121,7 +128,10 @@ def check_detector(detector_cfg: Mapping[str, Any] | str) -> dict[str, Any]:
         rule = {"gt": 0, "le": 1} if name.endswith(("_ratio", "_fraction")) else rule
         rule = {"ge": 0} if name in ("sampling_ratio", "box_loss_beta") else rule or {"gt": 0}
         rule = {"choices": OPTION_CHOICES[name]} if name in OPTION_CHOICES else rule
-        resolved[name] = check_field(f"detector.{name}", value, _option_type(defaults[name]), key(**rule).metadata)
+        tp = _option_type(defaults[name])
+        if name == "anchor_sizes" and tp == list[int]:  # one size per map, or a list of sizes per map
+            tp, rule = list[int | list[int]], {"check": _positive_sizes, "valid": _SIZES_VALID}
+        resolved[name] = check_field(f"detector.{name}", value, tp, key(**rule).metadata)
     return resolved
 
 

@@ -110,3 +110,24 @@ def test_frozen_bn_without_weights_warns_where_train_net_builds_the_detector(tmp
             assert any(warned in m and "backbone.norm=bn" in m for m in messages), messages
         else:
             assert not any("without trained weights" in m for m in messages), messages
+
+
+def test_recipe_keys_are_typed_in_the_config_schema():
+    """The recipe keys go through the typed detector schema before any work: box_loss_beta 0 (L1) is valid and
+    negative is not, fractions are in (0, 1], the string options are choices, anchor sizes may be lists per map."""
+    from detection.module import check_detector
+    from training.schema import ConfigError
+
+    sizes = [[16, 23], [32, 45], [64], [128], [256]]
+    ok = check_detector({"name": "faster_rcnn", "box_loss_beta": 0, "box_positive_fraction": 0.5,
+                         "head_init": "detectron2", "anchor_sizes": sizes})  # fmt: skip
+    assert ok["box_loss_beta"] == 0 and ok["anchor_sizes"][0] == [16, 23] and ok["head_init"] == "detectron2"
+    assert check_detector({"name": "retinanet", "p6p7_from": "p5"})["p6p7_from"] == "p5"
+    for bad, match in (({"box_loss_beta": -0.1}, "detector.box_loss_beta=-0.1"),
+                       ({"rpn_positive_fraction": 1.5}, "detector.rpn_positive_fraction=1.5"),
+                       ({"head_init": "d2"}, "head_init.*detectron2"),
+                       ({"anchor_sizes": [[16, 0], *sizes[1:]]}, "a list of sizes > 0 per map")):  # fmt: skip
+        with pytest.raises(ConfigError, match=match):
+            check_detector({"name": "faster_rcnn", **bad})
+    with pytest.raises(ConfigError, match="p6p7_from='p4'.*c5"):
+        check_detector({"name": "fcos", "p6p7_from": "p4"})
