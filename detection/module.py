@@ -105,7 +105,7 @@ def _option_type(default: Any) -> Any:
     return float if isinstance(default, float) else type(default)
 
 
-_SIZES_VALID = "one size > 0 per map, or a list of sizes > 0 per map, e.g. [16, 32] or [[16, 23], [32, 45]]"
+_SIZES_VALID = "a list of integers > 0, one per map, or of lists of them (several sizes per map), e.g. [[16, 23], [32]]"
 
 
 def _positive_sizes(sizes: list[Any]) -> bool:

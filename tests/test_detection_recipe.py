@@ -139,7 +139,7 @@ def test_recipe_keys_are_typed_in_the_config_schema():
     for bad, match in (({"box_loss_beta": -0.1}, "detector.box_loss_beta=-0.1"),
                        ({"rpn_positive_fraction": 1.5}, "detector.rpn_positive_fraction=1.5"),
                        ({"head_init": "d2"}, "head_init.*detectron2"),
-                       ({"anchor_sizes": [[16, 0], *sizes[1:]]}, "a list of sizes > 0 per map")):  # fmt: skip
+                       ({"anchor_sizes": [[16, 0], *sizes[1:]]}, "one per map, or of lists")):  # fmt: skip
         with pytest.raises(ConfigError, match=match):
             check_detector({"name": "faster_rcnn", **bad})
     with pytest.raises(ConfigError, match="p6p7_from='p4'.*c5"):
