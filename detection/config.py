@@ -18,6 +18,14 @@ DESCRIPTIONS = {
     "faster_rcnn_c4": "Faster R-CNN C4 as in the NASNet paper (arXiv:1707.07012, section 4.3, Table 4): one "
     "stride-16 map (c4), RoIAlign, the backbone's last stage as the box head (Backbone.make_box_head), 300 RPN "
     "proposals per image at test time.",
+    "retinanet": "RetinaNet (Lin et al. 2017, arXiv:1708.02002, section 4): backbone levels c3..c5 -> torchvision "
+    "FeaturePyramidNetwork + P6, P7 (LastLevelP6P7, from C5 as in the paper) -> torchvision RetinaNetHead (focal "
+    "loss, 4 convs per branch), 3 scales x 3 aspect ratios of anchors per map. Defaults: torchvision's "
+    "retinanet_resnet50_fpn.",
+    "fcos": "FCOS (Tian et al. 2019, arXiv:1904.01355, section 3.2): backbone levels c3..c5 -> torchvision "
+    "FeaturePyramidNetwork + P6, P7 (LastLevelP6P7, from P5 as in the paper) -> torchvision FCOSHead (GroupNorm "
+    "towers, centerness), one anchor point per location whose size is the map's stride. Defaults: torchvision's "
+    "fcos_resnet50_fpn.",
     "ssd": "SSD (Liu et al. 2016), SSD300/512 style: backbone levels c3..c5 + 1x1 -> 3x3/2 extra layers, torchvision "
     "SSDHead and DefaultBoxGenerator. Side 320 (not 300) keeps every backbone level exactly side / stride; size=512 "
     "for SSD512.",
@@ -31,12 +39,17 @@ KEY_NOTES = {
     "level": "the one backbone level of the RPN and the RoI head",
     "fpn_channels": "FPN width",
     "pool_level": "FPN P6: stride-2 subsampling of the last level, RPN only",
+    "p6p7_from": "P6, P7 (stride-2 3x3 convs) from c5 (RetinaNet paper) or p5 (FCOS paper)",
+    "fcos.fpn_channels": "FPN width, a multiple of 32 (the head's GroupNorm)",
+    "num_convs": "3x3 convs of each head tower",
     "size": "square input side",
     "extra_channels": "channels of the stride-2 extra layers after the last level",
     "ssdlite.extra_channels": "torchvision ssdlite320_mobilenet_v3_large",
     "anchor_sizes": "anchor sides in pixels, one per map",
     "faster_rcnn.anchor_sizes": "anchor sides in pixels, one per map: levels + pool",
     "faster_rcnn_c4.anchor_sizes": "anchor sides in pixels, all on the one map",
+    "retinanet.anchor_sizes": "base anchor side per map P3..P7, each x 2^(i / scales_per_octave)",
+    "scales_per_octave": "anchor scales per map (paper: 3)",
     "aspect_ratios": "anchor height / width",
     "ssd.aspect_ratios": "one list per map (torchvision ssd300_vgg16)",
     "ssdlite.aspect_ratios": "one list per map",
@@ -51,6 +64,12 @@ KEY_NOTES = {
     "faster_rcnn_c4.rpn_post_nms_top_n_test": 'paper: "300-500 RPN proposals per image"',
     "rpn_batch_size_per_image": "anchors sampled per image for the RPN loss",
     "box_batch_size_per_image": "RoIs sampled per image for the box-head loss",
+    "rpn_positive_fraction": "at most this fraction of the RPN's sampled anchors are positives",
+    "box_positive_fraction": "at most this fraction of the sampled RoIs are foreground",
+    "box_loss_beta": "smooth-L1 beta of the RPN and box losses: torchvision 1/9, detectron2 0 (= L1)",
+    "fg_iou_thresh": "anchors with IoU >= this are foreground",
+    "bg_iou_thresh": "anchors with IoU < this are background",
+    "center_sampling_radius": "positives within this many strides of an object's centre",
     "iou_thresh": "IoU that matches a default box to an object",
     "box_score_thresh": "detections below this score are dropped",
     "score_thresh": "detections below this score are dropped",
@@ -63,6 +82,7 @@ KEY_NOTES = {
     "faster_rcnn_c4.roi_output_size": "the last stage (stride 2) makes it 7 x 7, then global average pooling",
     "sampling_ratio": "RoIAlign sampling points per bin side",
     "representation_size": "width of the two FC layers of the box head",
+    "head_init": "box head + predictor init: torchvision (nn.Linear default) | detectron2",
 }
 #: detector keys whose value is the dataset group's (resize settings live with the data)
 FROM_DATASET = ("min_size", "max_size")

@@ -1,19 +1,24 @@
 """Detectors around any registered backbone, built from torchvision's parts through ONE adapter.
 
-:class:`FeatureAdapter` turns a ``features_only`` backbone into what torchvision's detectors expect (an ordered dict
-of maps and an ``out_channels`` attribute), reading channels and strides from ``feature_info`` (no dummy forward):
+:class:`~detection.adapter.FeatureAdapter` turns a ``features_only`` backbone into what torchvision's detectors expect
+(an ordered dict of maps named as torchvision names them and an ``out_channels`` attribute), reading channels and
+strides from ``feature_info`` (no dummy forward):
 
 * ``faster_rcnn``: levels c2..c5 (configurable) -> torchvision ``FeaturePyramidNetwork`` with a max-pool level ->
   RPN (one anchor size per map) -> ``MultiScaleRoIAlign`` -> two-FC box head (Lin et al. 2017, FPN).
 * ``faster_rcnn_c4``: the NASNet paper's setup (Zoph et al. 2018, arXiv:1707.07012, section 4.3, Table 4; the
   ResNet paper's C4 detector): one stride-16 map, RoIAlign, the backbone's last stage as box head
   (:meth:`backbones.Backbone.make_box_head`), 300 RPN proposals at test time ("300-500 RPN proposals per image").
+* ``retinanet`` (Lin et al. 2017, arXiv:1708.02002, section 4: P3-P7, P6 from C5, 3 scales x 3 ratios per level) and
+  ``fcos`` (Tian et al. 2019, arXiv:1904.01355, section 3.2: P3-P7, P6 from P5) with torchvision's ``RetinaNet`` /
+  ``FCOS`` and their heads, on the adapter's P3-P7 layout (``LastLevelP6P7``).
 * ``ssd`` (Liu et al. 2016; SSD300/512 style: levels c3..c5 and plain 1x1 -> 3x3/2 extra layers) and ``ssdlite``
   (Sandler et al. 2018: c4, c5 and depthwise extra layers) with torchvision's ``SSD``/``SSDLite`` heads and
   ``DefaultBoxGenerator``. Default side 320 rather than 300 so every backbone level is exactly ``side / stride``.
 
-``num_classes`` is the number of object classes; torchvision's label 0 is the background, so the heads get
-``num_classes + 1`` outputs and dataset labels run 1..num_classes.
+``num_classes`` is the number of object classes and dataset labels run 1..num_classes: torchvision's label 0 is the
+background, so the softmax heads (Faster R-CNN, SSD) get ``num_classes + 1`` outputs; the sigmoid heads of RetinaNet
+and FCOS get ``num_classes`` (:mod:`detection.onestage` moves their labels by one).
 """
 
 from __future__ import annotations
@@ -31,10 +36,11 @@ from torch import Tensor, nn
 
 import backbones
 from backbones import Backbone
-from backbones.checks import check
-from backbones.layers import ConvNormAct
+from backbones.checks import check, check_choice
 from backbones.weights import load_state_dict_checked, read_state_dict
 from training.config import plain
+
+from .adapter import P6P7_SOURCES, FeatureAdapter, check_levels
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +59,9 @@ _FASTER_RCNN_COMMON: dict[str, Any] = {
     "box_nms_thresh": 0.5,
     "box_detections_per_img": 100,
     "sampling_ratio": 2,
+    "rpn_positive_fraction": 0.5,
+    "box_positive_fraction": 0.25,
+    "box_loss_beta": 1 / 9,  # smooth-L1 beta of the RPN and box losses: torchvision 1/9, detectron2 0 (= L1)
 }
 _SSD_COMMON: dict[str, Any] = {
     "size": 320,
@@ -73,12 +82,42 @@ DETECTORS: dict[str, dict[str, Any]] = {
         "pool_level": True,  # FPN paper: P6 by stride-2 subsampling of P5, used by the RPN only
         "roi_output_size": 7,
         "representation_size": 1024,
+        "head_init": "torchvision",  # of the two-FC box head and predictor: torchvision | detectron2
     },
     "faster_rcnn_c4": {
         **_FASTER_RCNN_COMMON,
         "level": "c4",
         "rpn_post_nms_top_n_test": 300,  # NASNet paper 4.3: "300-500 RPN proposals per image"
         "roi_output_size": 14,  # the last stage halves it to 7 x 7 before global pooling
+    },
+    "retinanet": {
+        "levels": ["c3", "c4", "c5"],  # + P6, P7 (LastLevelP6P7): strides 8..128
+        "fpn_channels": 256,
+        "p6p7_from": "c5",  # RetinaNet paper, section 4 ("P6 is obtained via a 3x3 stride-2 conv on C5")
+        "anchor_sizes": [32, 64, 128, 256, 512],  # one octave per map: P3..P7
+        "scales_per_octave": 3,  # sizes x 2^(0, 1/3, 2/3) (paper section 4, "Anchors")
+        "aspect_ratios": [0.5, 1.0, 2.0],
+        "min_size": 800,
+        "max_size": 1333,
+        "score_thresh": 0.05,
+        "nms_thresh": 0.5,
+        "detections_per_img": 100,  # COCOeval counts the top 100 per image (torchvision keeps 300)
+        "fg_iou_thresh": 0.5,
+        "bg_iou_thresh": 0.4,
+        "topk_candidates": 1000,
+    },
+    "fcos": {
+        "levels": ["c3", "c4", "c5"],  # + P6, P7: the anchor points of each map are its stride (torchvision)
+        "fpn_channels": 256,  # the head's GroupNorm has 32 groups: a multiple of 32
+        "p6p7_from": "p5",  # FCOS paper, section 3.2 ("P6 and P7 are produced by ... stride 2 on P5 and P6")
+        "num_convs": 4,
+        "min_size": 800,
+        "max_size": 1333,
+        "center_sampling_radius": 1.5,
+        "score_thresh": 0.2,
+        "nms_thresh": 0.6,
+        "detections_per_img": 100,
+        "topk_candidates": 1000,
     },
     "ssd": {
         **_SSD_COMMON,
@@ -99,6 +138,10 @@ DETECTORS: dict[str, dict[str, Any]] = {
         "topk_candidates": 300,
     },
 }
+#: initialisations of the Faster R-CNN (FPN) box head: torchvision's nn.Linear default, detectron2's
+HEAD_INITS = ("torchvision", "detectron2")
+#: the valid values of the string options (the config schema checks them: detection.module.check_detector)
+OPTION_CHOICES: dict[str, tuple[str, ...]] = {"head_init": HEAD_INITS, "p6p7_from": P6P7_SOURCES}
 #: keys a detector config may carry that :func:`build_detector` does not read
 _CONFIG_ONLY = ("name",)
 
@@ -141,85 +184,7 @@ def _check_level_names(key: str, levels: Any) -> None:
     check(key, levels, idx == sorted(set(idx)), f"list each level once, in increasing stride, {example}")
 
 
-class FeatureAdapter(nn.Module):
-    """A ``features_only`` backbone as a torchvision detector backbone: ordered dict of maps + ``out_channels``.
-
-    Channels and strides come from the backbone's ``feature_info`` (known before any forward). ``neck``:
-
-    * ``"fpn"``: torchvision ``FeaturePyramidNetwork`` over the backbone levels (+ a ``pool`` level when
-      ``pool_level``); ``out_channels`` is the FPN width (one int, as ``FasterRCNN`` requires);
-    * ``"extra"``: the backbone levels followed by stride-2 extra blocks (SSD), named ``c6``, ``c7``, ...;
-      ``out_channels`` is the list of every map's channels (as ``SSD`` requires);
-    * ``"none"``: the backbone levels as they are (one level: ``out_channels`` is an int, for the C4 detector).
-    """
-
-    def __init__(
-        self,
-        body: Backbone,
-        neck: str = "none",
-        fpn_channels: int = 256,
-        pool_level: bool = True,
-        extra_channels: tuple[int, ...] | list[int] = (),
-        depthwise: bool = False,
-    ) -> None:
-        super().__init__()
-        if not body.features_only:
-            raise ValueError("FeatureAdapter needs a features_only backbone")
-        self.body = body
-        self.neck = neck
-        self.levels = list(body.out_features)
-        in_channels = [body.out_channels[n] for n in self.levels]
-        strides = [body.out_strides[n] for n in self.levels]
-        self.strides: list[int] = list(strides)
-        if neck == "fpn":
-            from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool
-
-            self.fpn = FeaturePyramidNetwork(in_channels, fpn_channels, LastLevelMaxPool() if pool_level else None)
-            self.out_channels: int | list[int] = fpn_channels
-            self.map_names = self.levels + (["pool"] if pool_level else [])
-            if pool_level:
-                self.strides.append(strides[-1] * 2)
-        elif neck == "extra":
-            blocks, c, s = [], in_channels[-1], strides[-1]
-            self.map_names = list(self.levels)
-            for out in extra_channels:
-                blocks.append(_extra_block(c, out, depthwise))
-                c, s = out, s * 2
-                self.map_names.append(f"c{s.bit_length() - 1}")
-                self.strides.append(s)
-            self.extra = nn.ModuleList(blocks)
-            self.out_channels = in_channels + list(extra_channels)
-        elif neck == "none":
-            self.map_names = list(self.levels)
-            self.out_channels = in_channels[0] if len(in_channels) == 1 else in_channels
-        else:
-            raise ValueError(f"neck={neck!r} is not valid; choose fpn, extra or none")
-
-    def forward(self, x: Tensor) -> dict[str, Tensor]:
-        feats = self.body(x)
-        if self.neck == "fpn":
-            return self.fpn(feats)
-        if self.neck == "extra":
-            y = feats[self.levels[-1]]
-            for name, block in zip(self.map_names[len(self.levels) :], self.extra):
-                y = block(y)
-                feats[name] = y
-        return feats
-
-
-def _extra_block(in_channels: int, out_channels: int, depthwise: bool) -> nn.Sequential:
-    """A stride-2 extra layer: SSD's 1x1 (out/2) -> 3x3/2 (out), or SSDLite's 1x1 -> depthwise 3x3/2 -> 1x1."""
-    mid = out_channels // 2
-    if depthwise:
-        return nn.Sequential(
-            ConvNormAct(in_channels, mid, 1),
-            ConvNormAct(mid, mid, 3, stride=2, groups=mid),
-            ConvNormAct(mid, out_channels, 1),
-        )
-    return nn.Sequential(ConvNormAct(in_channels, mid, 1), ConvNormAct(mid, out_channels, 3, stride=2))
-
-
-def _backbone(
+def backbone_for(
     backbone: str | Backbone, out_features: list[str], options: dict[str, Any]
 ) -> tuple[Backbone, tuple[float, ...], tuple[float, ...]]:
     """A features_only backbone with ``out_features``, and the image mean/std of its card."""
@@ -254,6 +219,27 @@ def _backbone(
     return model, mean, std
 
 
+def check_backbone_weights(options: Mapping[str, Any], detector_weights: bool = False) -> None:
+    """Warn loudly when a backbone with FrozenBN or frozen stages gets no trained weights.
+
+    FrozenBN over a random init normalises nothing (running mean 0, variance 1), so activations grow layer by layer
+    and the loss goes NaN within a few steps; frozen random stages never learn. A warning, not an error: a
+    deterministic test may freeze BN on purpose, and weights may come later. ``detector_weights``: the run loads a
+    detector checkpoint (``checkpoint=`` or ``resume=``).
+    """
+    frozen = ["backbone.norm=frozen_bn"] if options.get("norm") == "frozen_bn" else []
+    if int(options.get("frozen_stages", -1)) >= 0:
+        frozen.append(f"backbone.frozen_stages={options['frozen_stages']}")
+    if frozen and not options.get("pretrained") and not detector_weights:
+        logger.warning(
+            "%s without trained weights (no backbone.pretrained, checkpoint or resume): FrozenBN over a random init "
+            "normalises nothing and the loss goes NaN within a few steps; frozen random stages never learn. Train "
+            "from scratch with backbone.norm=bn (or gn) and backbone.frozen_stages=-1, or give "
+            "backbone.pretrained=true|<file> or checkpoint=<detector weights>",
+            " and ".join(frozen),
+        )
+
+
 def _not_ready(name: str, valid: list[str] | None) -> str:
     msg = (
         f"backbone {name!r} is not detection-ready: it is a CIFAR classifier without stride 4..32 levels "
@@ -270,7 +256,7 @@ def build_detector(
     num_classes: int,
     **backbone_options: Any,
 ) -> nn.Module:
-    """A torchvision ``FasterRCNN`` / ``SSD`` around ``backbone``.
+    """A torchvision ``FasterRCNN`` / ``RetinaNet`` / ``FCOS`` / ``SSD`` around ``backbone``.
 
     Args:
         backbone: a registered name (built ``features_only`` with ``backbone_options``, e.g. ``norm="frozen_bn"``,
@@ -281,23 +267,22 @@ def build_detector(
     cfg = resolve_config(detector_cfg)
     if num_classes < 1:
         raise ValueError(f"num_classes={num_classes} must be >= 1 (object classes, background excluded)")
-    name = cfg["name"]
-    if name == "faster_rcnn":
-        return _faster_rcnn_fpn(backbone, cfg, num_classes, backbone_options)
-    if name == "faster_rcnn_c4":
-        return _faster_rcnn_c4(backbone, cfg, num_classes, backbone_options)
-    return _ssd(backbone, cfg, num_classes, backbone_options)
-
-
-def _check_levels(levels: list[str]) -> None:
-    idx = [int(n[1:]) for n in levels]
-    if idx != list(range(idx[0], idx[0] + len(idx))):
-        raise ValueError(f"levels {levels} must be consecutive (e.g. c2, c3, c4, c5): RoIAlign maps boxes to levels")
+    build = {"faster_rcnn": _faster_rcnn_fpn, "faster_rcnn_c4": _faster_rcnn_c4, "retinanet": _retinanet}
+    build.update(fcos=_fcos, ssd=_ssd, ssdlite=_ssd)
+    return build[cfg["name"]](backbone, cfg, num_classes, backbone_options)
 
 
 def _rcnn_kwargs(cfg: dict[str, Any]) -> dict[str, Any]:
-    keys = [k for k in _FASTER_RCNN_COMMON if k not in ("anchor_sizes", "aspect_ratios", "sampling_ratio")]
-    return {k: cfg[k] for k in keys}
+    own = ("anchor_sizes", "aspect_ratios", "sampling_ratio", "box_loss_beta")
+    return {k: cfg[k] for k in _FASTER_RCNN_COMMON if k not in own}
+
+
+def _rcnn_losses(model: nn.Module, cfg: dict[str, Any]) -> nn.Module:
+    from .rcnn import TORCHVISION_BETA, set_box_loss_beta
+
+    if cfg["box_loss_beta"] != TORCHVISION_BETA:
+        set_box_loss_beta(model, cfg["box_loss_beta"])
+    return model
 
 
 def _faster_rcnn_fpn(backbone, cfg, num_classes, options) -> nn.Module:
@@ -306,13 +291,13 @@ def _faster_rcnn_fpn(backbone, cfg, num_classes, options) -> nn.Module:
     from torchvision.ops import MultiScaleRoIAlign
 
     levels = list(cfg["levels"])
-    _check_levels(levels)
-    body, mean, std = _backbone(backbone, levels, options)
+    check_levels(levels)
+    body, mean, std = backbone_for(backbone, levels, options)
     divisibility = body.size_divisibility
-    adapter = FeatureAdapter(body, "fpn", cfg["fpn_channels"], cfg["pool_level"])
-    sizes = _per_map(cfg["anchor_sizes"], adapter.map_names, "anchor_sizes")
+    adapter = FeatureAdapter(body, "fpn", cfg["fpn_channels"], "pool" if cfg["pool_level"] else None)
+    sizes = _per_map(cfg["anchor_sizes"], adapter.map_levels, "anchor_sizes")
     anchors = AnchorGenerator(sizes, (tuple(cfg["aspect_ratios"]),) * len(sizes))
-    roi_pool = MultiScaleRoIAlign(levels, cfg["roi_output_size"], cfg["sampling_ratio"])
+    roi_pool = MultiScaleRoIAlign(adapter.fpn_names, cfg["roi_output_size"], cfg["sampling_ratio"])
     model = FasterRCNN(
         adapter,
         num_classes=num_classes + 1,
@@ -329,7 +314,12 @@ def _faster_rcnn_fpn(backbone, cfg, num_classes, options) -> nn.Module:
         rep = cfg["representation_size"]
         model.roi_heads.box_head = TwoMLPHead(adapter.out_channels * cfg["roi_output_size"] ** 2, rep)
         model.roi_heads.box_predictor = FastRCNNPredictor(rep, num_classes + 1)
-    return model
+    check_choice("head_init", cfg["head_init"], HEAD_INITS)
+    if cfg["head_init"] == "detectron2":
+        from .rcnn import init_box_head
+
+        init_box_head(model.roi_heads)
+    return _rcnn_losses(model, cfg)
 
 
 def _per_map(sizes: Any, names: list[str], what: str) -> tuple[tuple[int, ...], ...]:
@@ -360,7 +350,7 @@ def _faster_rcnn_c4(backbone, cfg, num_classes, options) -> nn.Module:
     level = cfg["level"]
     if level not in ("c2", "c3", "c4"):
         raise ValueError(f"level={level!r} is not valid for faster_rcnn_c4; use c4 (the paper's stride 16), c3 or c2")
-    body, mean, std = _backbone(backbone, [level, "c5"], options)
+    body, mean, std = backbone_for(backbone, [level, "c5"], options)
     divisibility = body.size_divisibility
     stage = body.make_box_head(level)
     box_head = _RoIStageHead(stage, stage.out_channels)
@@ -368,8 +358,8 @@ def _faster_rcnn_c4(backbone, cfg, num_classes, options) -> nn.Module:
     sizes = cfg["anchor_sizes"]
     sizes = tuple(int(s) for s in (sizes if isinstance(sizes, list | tuple) else [sizes]))
     anchors = AnchorGenerator((sizes,), (tuple(cfg["aspect_ratios"]),))
-    roi_pool = MultiScaleRoIAlign([level], cfg["roi_output_size"], cfg["sampling_ratio"])
-    return FasterRCNN(
+    roi_pool = MultiScaleRoIAlign(adapter.map_names, cfg["roi_output_size"], cfg["sampling_ratio"])
+    model = FasterRCNN(
         adapter,
         num_classes=None,
         image_mean=list(mean),
@@ -381,6 +371,7 @@ def _faster_rcnn_c4(backbone, cfg, num_classes, options) -> nn.Module:
         size_divisible=divisibility,
         **_rcnn_kwargs(cfg),
     )
+    return _rcnn_losses(model, cfg)
 
 
 def _ssd(backbone, cfg, num_classes, options) -> nn.Module:
@@ -390,13 +381,13 @@ def _ssd(backbone, cfg, num_classes, options) -> nn.Module:
 
     lite = cfg["name"] == "ssdlite"
     levels = list(cfg["levels"])
-    body, mean, std = _backbone(backbone, levels, options)
+    body, mean, std = backbone_for(backbone, levels, options)
     adapter = FeatureAdapter(body, "extra", extra_channels=cfg["extra_channels"], depthwise=lite)
     ratios = [list(r) for r in cfg["aspect_ratios"]]
     if len(ratios) != len(adapter.map_names):
         raise ValueError(
             f"aspect_ratios has {len(ratios)} entries but the detector has {len(adapter.map_names)} feature maps "
-            f"({', '.join(adapter.map_names)} = levels + extra_channels); give one list per map"
+            f"({', '.join(adapter.map_levels)} = levels + extra_channels); give one list per map"
         )
     anchors = DefaultBoxGenerator(ratios, min_ratio=cfg["min_ratio"], max_ratio=cfg["max_ratio"])
     num_anchors = anchors.num_anchors_per_location()
@@ -420,6 +411,67 @@ def _ssd(backbone, cfg, num_classes, options) -> nn.Module:
         detections_per_img=cfg["detections_per_img"],
         iou_thresh=cfg["iou_thresh"],
         topk_candidates=cfg["topk_candidates"],
+    )
+
+
+def _p3p7(backbone, cfg, options) -> tuple[FeatureAdapter, tuple[float, ...], tuple[float, ...]]:
+    """The adapter's RetinaNet / FCOS layout: FPN over ``levels`` + P6, P7 from ``p6p7_from``."""
+    levels = list(cfg["levels"])
+    check_levels(levels)
+    body, mean, std = backbone_for(backbone, levels, options)
+    return FeatureAdapter(body, "fpn", cfg["fpn_channels"], "p6p7", cfg["p6p7_from"]), mean, std
+
+
+def _one_stage_kwargs(cfg: dict[str, Any], adapter: FeatureAdapter, mean, std) -> dict[str, Any]:
+    keys = ("min_size", "max_size", "score_thresh", "nms_thresh", "detections_per_img", "topk_candidates")
+    kw = {k: cfg[k] for k in keys}
+    return dict(kw, image_mean=list(mean), image_std=list(std), size_divisible=adapter.body.size_divisibility)
+
+
+def _retinanet(backbone, cfg, num_classes, options) -> nn.Module:
+    from torchvision.models.detection.anchor_utils import AnchorGenerator
+    from torchvision.models.detection.retinanet import RetinaNetHead
+
+    from .onestage import RetinaNet
+
+    adapter, mean, std = _p3p7(backbone, cfg, options)
+    n = int(cfg["scales_per_octave"])
+    check("scales_per_octave", n, n >= 1, "give a positive number of anchor scales per octave (paper: 3)")
+    base = _per_map(cfg["anchor_sizes"], adapter.map_levels, "anchor_sizes")
+    sizes = tuple(tuple(int(s * 2 ** (i / n)) for s in per_map for i in range(n)) for per_map in base)
+    anchors = AnchorGenerator(sizes, (tuple(cfg["aspect_ratios"]),) * len(sizes))
+    head = RetinaNetHead(adapter.out_channels, anchors.num_anchors_per_location()[0], num_classes)
+    return RetinaNet(
+        adapter,
+        num_classes,
+        anchor_generator=anchors,
+        head=head,
+        fg_iou_thresh=cfg["fg_iou_thresh"],
+        bg_iou_thresh=cfg["bg_iou_thresh"],
+        **_one_stage_kwargs(cfg, adapter, mean, std),
+    )
+
+
+def _fcos(backbone, cfg, num_classes, options) -> nn.Module:
+    from torchvision.models.detection.anchor_utils import AnchorGenerator
+    from torchvision.models.detection.fcos import FCOSHead
+
+    from .onestage import FCOS
+
+    width = cfg["fpn_channels"]
+    check("fpn_channels", width, width % 32 == 0, "FCOS's head normalises with GroupNorm(32, C): give a multiple of 32")
+    adapter, mean, std = _p3p7(backbone, cfg, options)
+    # one anchor point per location, its size the map's stride: torchvision's FCOS reads the per-level size ranges
+    # ([0, 4s], [4s, 8s], ..., [8s, inf)) from the anchor sizes
+    anchors = AnchorGenerator(tuple((s,) for s in adapter.strides), ((1.0,),) * len(adapter.strides))
+    head = FCOSHead(adapter.out_channels, 1, num_classes, num_convs=cfg["num_convs"])
+    return FCOS(
+        adapter,
+        num_classes,
+        anchor_generator=anchors,
+        head=head,
+        center_sampling_radius=cfg["center_sampling_radius"],
+        **_one_stage_kwargs(cfg, adapter, mean, std),
     )
 
 

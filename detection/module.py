@@ -104,20 +104,33 @@ def _option_type(default: Any) -> Any:
     return float if isinstance(default, float) else type(default)
 
 
+_SIZES_VALID = "a list of integers > 0, one per map, or of lists of them (several sizes per map), e.g. [[16, 23], [32]]"
+
+
+def _positive_sizes(sizes: list[Any]) -> bool:
+    return all(all(x > 0 for x in s) if isinstance(s, list) else s > 0 for s in sizes)
+
+
 def check_detector(detector_cfg: Mapping[str, Any] | str) -> dict[str, Any]:
     """The ``detector`` group: the detector's name, keys and levels (``detection.models.resolve_config``), then every
     option's type, derived from its default in ``DETECTORS``, and range: ``*_thresh`` in [0, 1], ``min_ratio`` /
-    ``max_ratio`` in (0, 1], ``sampling_ratio`` >= 0 (0: adaptive), every other number (list items too) > 0."""
-    from .models import DETECTORS, resolve_config
+    ``max_ratio`` and ``*_fraction`` in (0, 1], ``sampling_ratio`` and ``box_loss_beta`` >= 0 (0: adaptive, L1),
+    a string one of :data:`detection.models.OPTION_CHOICES`, every other number (list items too) > 0."""
+    from .models import DETECTORS, OPTION_CHOICES, resolve_config
 
     resolved = resolve_config(detector_cfg)
     defaults = DETECTORS[resolved["name"]]
     for name, value in plain(detector_cfg if isinstance(detector_cfg, Mapping) else {}).items():
         if name == "name":
             continue
-        rule = {"ge": 0, "le": 1} if name.endswith("_thresh") else {"gt": 0, "le": 1} if name.endswith("_ratio") else {}
-        rule = {"ge": 0} if name == "sampling_ratio" else rule or {"gt": 0}
-        resolved[name] = check_field(f"detector.{name}", value, _option_type(defaults[name]), key(**rule).metadata)
+        rule = {"ge": 0, "le": 1} if name.endswith("_thresh") else {}
+        rule = {"gt": 0, "le": 1} if name.endswith(("_ratio", "_fraction")) else rule
+        rule = {"ge": 0} if name in ("sampling_ratio", "box_loss_beta") else rule or {"gt": 0}
+        rule = {"choices": OPTION_CHOICES[name]} if name in OPTION_CHOICES else rule
+        tp = _option_type(defaults[name])
+        if name == "anchor_sizes" and tp == list[int]:  # one size per map, or a list of sizes per map
+            tp, rule = list[int | list[int]], {"check": _positive_sizes, "valid": _SIZES_VALID}
+        resolved[name] = check_field(f"detector.{name}", value, tp, key(**rule).metadata)
     return resolved
 
 
@@ -250,13 +263,14 @@ class DetectionModule(L.LightningModule):
 
     def __init__(self, cfg: Mapping[str, Any], num_classes: int, output_dir: str | None = None) -> None:
         super().__init__()
-        from .models import build_detector
+        from .models import build_detector, check_backbone_weights
 
         cfg = plain(cfg)
         self.save_hyperparameters({"cfg": cfg, "num_classes": num_classes, "output_dir": output_dir})
         self.cfg = cfg
         self.solver = Solver.from_config(cfg["solver"])
         name, options = backbone_spec(cfg["backbone"])
+        check_backbone_weights(options, bool(cfg.get("checkpoint") or cfg.get("resume")))
         trainer_cfg = cfg.get("trainer", {})
         options["channels_last"] = bool(trainer_cfg.get("channels_last", True))  # the backbone's layout
         self.model = build_detector(name, cfg["detector"], num_classes, **options)

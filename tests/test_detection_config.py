@@ -132,12 +132,13 @@ def test_task_key_is_read():
 
 
 def test_detection_lr_is_scaled_by_the_global_batch(tmp_path):
-    """The solver's lr is for reference_batch_size images (shapes: 0.02 at 8); a 4-image batch trains at 0.01."""
+    """The solver's lr is for reference_batch_size images (shapes: 8); 0.02 at 8 images is 0.01 for a 4-image batch."""
     from types import SimpleNamespace
 
     from detection.module import DetectionModule
 
-    cfg = OmegaConf.to_container(compose_cfg(["backbone=mobilenet_v1_x0_25", "dataset.batch_size=4"]), resolve=True)
+    overrides = ["backbone=mobilenet_v1_x0_25", "dataset.batch_size=4", "solver.lr=0.02"]
+    cfg = OmegaConf.to_container(compose_cfg(overrides), resolve=True)
     module = DetectionModule(cfg, num_classes=4)
     trainer = SimpleNamespace(estimated_stepping_batches=500, accumulate_grad_batches=1, num_training_batches=50,
                               world_size=1, datamodule=SimpleNamespace(cfg=cfg["dataset"]))  # fmt: skip

@@ -49,6 +49,9 @@ SMALL = {
     "faster_rcnn_c4": dict(min_size=SIDE, max_size=SIDE, rpn_pre_nms_top_n_train=32, rpn_post_nms_top_n_train=8,
                            rpn_pre_nms_top_n_test=16, rpn_post_nms_top_n_test=4, box_batch_size_per_image=4,
                            box_score_thresh=0.0),
+    "retinanet": dict(min_size=SIDE, max_size=SIDE, fpn_channels=32, anchor_sizes=[16, 32, 64, 128, 256],
+                      scales_per_octave=2, score_thresh=0.0, topk_candidates=50),
+    "fcos": dict(min_size=SIDE, max_size=SIDE, fpn_channels=32, num_convs=2, score_thresh=0.0, topk_candidates=50),
     "ssd": dict(size=SIDE, extra_channels=[64, 32, 32], score_thresh=0.0),
     "ssdlite": dict(size=SIDE, extra_channels=[64, 32, 32, 32], score_thresh=0.0),
 }  # fmt: skip
@@ -92,7 +95,8 @@ def test_adapter_channels_from_feature_info(name):
     body = backbones.create_model(name, features_only=True, out_features=("c3", "c4", "c5"))
     adapter = FeatureAdapter(body, "extra", extra_channels=[32, 16])
     assert adapter.out_channels == [body.feature(n).channels for n in ("c3", "c4", "c5")] + [32, 16]
-    assert adapter.map_names == ["c3", "c4", "c5", "c6", "c7"]
+    assert adapter.map_names == ["0", "1", "2", "3", "4"]  # torchvision's naming (its SSD feature extractors)
+    assert adapter.map_levels == ["c3", "c4", "c5", "c6", "c7"]
     with torch.no_grad():
         maps = adapter.eval()(torch.rand(1, 3, 128, 128))
     assert list(maps) == adapter.map_names

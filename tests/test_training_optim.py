@@ -246,5 +246,5 @@ def test_detection_solvers_scale_lr_to_their_reference_batch():
 
     coco = Solver.from_config(compose_cfg(["solver=coco_1x", "dataset=coco"]).solver)
     assert coco.scaled_lr(16) == pytest.approx(0.02) and coco.scaled_lr(2) == pytest.approx(0.0025)
-    shapes = compose_cfg()
-    assert Solver.from_config(shapes.solver).scaled_lr(shapes.dataset.batch_size) == pytest.approx(0.02)
+    shapes = compose_cfg()  # shapes: lr 0.04 at 8 images
+    assert Solver.from_config(shapes.solver).scaled_lr(shapes.dataset.batch_size) == pytest.approx(0.04)
