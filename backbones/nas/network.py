@@ -32,6 +32,7 @@ with :func:`backbones.set_drop_path_progress`; identity paths are never dropped;
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections import OrderedDict
@@ -400,7 +401,7 @@ def _remap_key(key: str, cell_map: dict[str, str]) -> str:
     return key
 
 
-# ---- builder: NASNet-A "N @ F" with the TF-slim config of its stem (the registered variants are in models.py) --------
+# ---- builders: "N @ F" with the TF-slim config of its stem (the registered variants are in models.py) ---------------
 _STEM_DEFAULTS = {
     # TF-slim nasnet.py large_imagenet_config / mobile_imagenet_config / cifar_config
     "imagenet": dict(stem_multiplier=3.0, drop_rate=0.5, input_size=224, bn_eps=1e-3, bn_momentum=0.0003),
@@ -408,34 +409,7 @@ _STEM_DEFAULTS = {
 }
 
 
-def nasnet_a(
-    *,
-    num_cells: int = 6,
-    penultimate_filters: int = 4032,
-    stem: str = "imagenet",
-    stem_multiplier: float | None = None,
-    skip_reduction_layer_input: bool = False,
-    num_classes: int | None = None,
-    in_chans: int = 3,
-    drop_rate: float | None = None,
-    drop_path_rate: float = 0.0,
-    aux_head: bool = False,
-    input_size: int | None = None,
-    bn_eps: float | None = None,
-    bn_momentum: float | None = None,
-    reference_padding: bool = False,
-    reference: str | None = None,
-) -> NASNet:
-    """NASNet-A "N @ F" with an ImageNet or CIFAR stem; options left None take the TF-slim config of that stem
-    (``num_classes``: 1000 ImageNet, 10 CIFAR; ``stem_multiplier`` 3 for both, as TF-slim's large and CIFAR
-    configs). :func:`nasnet` with the NASNet-A cells."""
-    options = dict(locals())  # every argument above, passed on
-    if stem_multiplier is None:
-        options["stem_multiplier"] = 3.0
-    return nasnet("nasnet_a", **options)
-
-
-# ---- builder: any genotype (a registered name, a genotype .json file, a Genotype) as "N @ F" (issue 16) -------------
+# any genotype (a registered name, a genotype .json file, a Genotype) as "N @ F" (issue 16); nasnet_a is its NASNet-A
 def nasnet(
     genotype: str | Genotype = "nasnet_a",
     *,
@@ -491,3 +465,8 @@ def nasnet(
         reference=reference,
         **config,
     )
+
+
+#: NASNet-A "N @ F": :func:`nasnet` with the NASNet-A cells, 6 @ 4032 and stem multiplier 3 by default (TF-slim's
+#: large and CIFAR configs), keyword arguments only
+nasnet_a = functools.partial(nasnet, "nasnet_a", num_cells=6, penultimate_filters=4032, stem_multiplier=3.0)
