@@ -387,8 +387,14 @@ def run(cfg: Any, output_dir: str | os.PathLike, **trainer_overrides: Any) -> di
     c = plain(cfg)
     run_keys = check_config(c)
     output_dir = os.fspath(output_dir)
-    body = lambda: _run(c, run_keys, output_dir, trainer_overrides)  # noqa: E731
-    return locked_run(output_dir, run_keys, _expected(c), ClassificationModule.weights_key, body)
+    expect = _expected(c)
+    return locked_run(
+        output_dir,
+        run_keys,
+        expect,
+        ClassificationModule.weights_key,
+        lambda: _run(c, run_keys, output_dir, trainer_overrides),
+    )
 
 
 def _run(c: dict[str, Any], run_keys: ClassificationRun, output_dir: str, trainer_overrides: dict) -> dict[str, float]:

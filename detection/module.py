@@ -396,8 +396,10 @@ def run(cfg: Mapping[str, Any], output_dir: str | os.PathLike, callbacks: Sequen
     cfg = plain(cfg)
     run_keys = check_config(cfg)
     output_dir = os.fspath(output_dir)
-    body = lambda: _run(cfg, run_keys, output_dir, callbacks)  # noqa: E731
-    return locked_run(output_dir, run_keys, _expected(cfg), DetectionModule.weights_key, body)
+    expect = _expected(cfg)
+    return locked_run(
+        output_dir, run_keys, expect, DetectionModule.weights_key, lambda: _run(cfg, run_keys, output_dir, callbacks)
+    )
 
 
 def _run(

@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from ..base import Backbone
+from ..checks import check_keys
 from .cell import Cell, Combine, preprocess
 from .genotypes import CONVENTIONS, Block, CellGenotype, Genotype
 from .network import output_width
@@ -56,33 +57,33 @@ def check_shareable(space: SearchSpace) -> None:
         )
 
 
-def child_options(
-    genotype: Genotype,
-    channels: int = 16,
-    num_cells: int = 2,
-    num_classes: int = 10,
-    in_chans: int = 3,
-    stem_multiplier: float = 3.0,
-    drop_rate: float = 0.0,
-    drop_path_rate: float = 0.0,
-    bn_eps: float = 1e-5,
-    bn_momentum: float = 0.1,
-) -> dict:
-    """``NASNet(**child_options(g, ...))``: the search's child network of ``g`` -- CIFAR stem, N normal cells per
-    stage, F0 = ``channels`` (so "N @ 4 x channels x the normal cell's output width"), the supernet's wiring."""
+#: the child network's shape and the defaults of :func:`child_options` and :class:`Supernet`: N normal cells per stage,
+#: F0 = ``channels``, and :class:`NASNet`'s own options (TF-slim's CIFAR configuration, BN eps 1e-5, momentum 0.1)
+CHILD_DEFAULTS = dict(
+    channels=16, num_cells=2, num_classes=10, in_chans=3, stem_multiplier=3.0, drop_rate=0.0, drop_path_rate=0.0,
+    bn_eps=1e-5, bn_momentum=0.1,
+)  # fmt: skip
+
+
+def child_shape(**shape) -> dict:
+    """``shape`` completed with :data:`CHILD_DEFAULTS`; an unknown key is named with the valid ones."""
+    check_keys(shape, CHILD_DEFAULTS, "child")
+    return {**CHILD_DEFAULTS, **shape}
+
+
+def child_options(genotype: Genotype, **shape) -> dict:
+    """``NASNet(**child_options(g, **shape))``: the search's child network of ``g`` (``shape``: the keys of
+    :data:`CHILD_DEFAULTS`) -- CIFAR stem, N normal cells per stage, F0 = ``channels`` (so "N @ 4 x channels x the
+    normal cell's output width"), the supernet's wiring."""
+    shape = child_shape(**shape)
+    channels = shape.pop("channels")
     return dict(
         genotype=genotype,
-        num_cells=int(num_cells),
+        num_cells=int(shape.pop("num_cells")),
         penultimate_filters=4 * channels * output_width(genotype.normal),
         stem="cifar",
-        stem_multiplier=stem_multiplier,
         skip_reduction_layer_input=False,
-        num_classes=num_classes,
-        in_chans=in_chans,
-        drop_rate=drop_rate,
-        drop_path_rate=drop_path_rate,
-        bn_eps=bn_eps,
-        bn_momentum=bn_momentum,
+        **shape,
     )
 
 
@@ -204,38 +205,27 @@ class Supernet(nn.Module):
 
     Args:
         space: a space passing :func:`check_shareable`.
-        num_cells: N, normal cells per stage (three stages, a reduction cell between them).
-        channels: F0, the width of the first stage's ops (ENAS ``child_out_filters``); doubles at each reduction.
-        num_classes, in_chans, stem_multiplier, drop_rate, drop_path_rate, bn_eps, bn_momentum: as :class:`NASNet`
-            (defaults: TF-slim's CIFAR configuration, BN eps 1e-5 and momentum 0.1).
+        shape: the keys of :data:`CHILD_DEFAULTS`: ``num_cells`` N, normal cells per stage (three stages, a
+            reduction cell between them); ``channels`` F0, the width of the first stage's ops (ENAS
+            ``child_out_filters``), doubling at each reduction; the others as :class:`NASNet`.
 
     ``forward(x, genotype)`` computes the child ``genotype``; :meth:`child_options` and :meth:`child_state_dict` are
     that child as a standalone :class:`NASNet` with the shared weights.
     """
 
-    def __init__(
-        self,
-        space: SearchSpace,
-        num_cells: int = 2,
-        channels: int = 16,
-        num_classes: int = 10,
-        in_chans: int = 3,
-        stem_multiplier: float = 3.0,
-        drop_rate: float = 0.0,
-        drop_path_rate: float = 0.0,
-        bn_eps: float = 1e-5,
-        bn_momentum: float = 0.1,
-    ) -> None:
+    def __init__(self, space: SearchSpace, **shape) -> None:
         super().__init__()
         check_shareable(space)
+        self.shape = shape = child_shape(**shape)
+        channels, num_cells, bn_eps, bn_momentum = (
+            shape[k] for k in ("channels", "num_cells", "bn_eps", "bn_momentum")
+        )
+        in_chans, stem_multiplier, drop_path_rate = shape["in_chans"], shape["stem_multiplier"], shape["drop_path_rate"]
         if channels < 2 or channels % 2:
             raise ValueError(f"channels={channels} must be even (factorized reductions split it in two)")
         if int(num_cells) < 1:
             raise ValueError(f"num_cells={num_cells} must be at least 1")
         self.space = space
-        self.options = dict(num_cells=int(num_cells), stem_multiplier=stem_multiplier, num_classes=num_classes,
-                            in_chans=in_chans, drop_rate=drop_rate, drop_path_rate=drop_path_rate, bn_eps=bn_eps,
-                            bn_momentum=bn_momentum)  # fmt: skip
         self.channels = channels
         conv = CONVENTIONS[space.conventions]
         ctx = OpContext(bn_eps, bn_momentum, False, conv)
@@ -266,8 +256,8 @@ class Supernet(nn.Module):
             width[idx], stride[idx] = states * c, s0 * (2 if red else 1)
             hist.append(idx)
         self.cells = nn.ModuleList(cells)
-        self.head_drop = nn.Dropout(drop_rate)
-        self.fc = nn.Linear(width[len(kinds)], num_classes, bias=conv.fc_bias)
+        self.head_drop = nn.Dropout(shape["drop_rate"])
+        self.fc = nn.Linear(width[len(kinds)], shape["num_classes"], bias=conv.fc_bias)
         self.drop_path_progress = 0.0
         Backbone.init_weights(self)  # the initialisation every NASNet child gets (only iterates self.modules())
 
@@ -320,7 +310,7 @@ class Supernet(nn.Module):
     # ---- the child as a standalone network -----------------------------------------------------------------------
     def child_options(self, genotype: Genotype) -> dict:
         """``NASNet(**child_options(g))`` is the network this supernet computes for ``g``."""
-        return child_options(genotype, self.channels, **self.options)
+        return child_options(genotype, **self.shape)
 
     @torch.no_grad()
     def child_state_dict(self, genotype: Genotype) -> dict[str, Tensor]:

@@ -102,6 +102,20 @@ def build_solver(
     )
 
 
+def child_shape_of(child_cfg: Mapping[str, Any], data: SearchData) -> dict[str, Any]:
+    """The child network's shape (:data:`backbones.nas.supernet.CHILD_DEFAULTS` keys) from the ``child`` section of
+    ``conf/search.yaml`` and the proxy data (class count, image channels): the one reading of it for the children
+    of random / rl and the ENAS supernet."""
+    return dict(
+        channels=int(child_cfg.get("channels", 8)),
+        num_cells=int(child_cfg.get("num_cells", 1)),
+        num_classes=data.num_classes,
+        in_chans=data.in_chans,
+        stem_multiplier=float(child_cfg.get("stem_multiplier", 3.0)),
+        drop_path_rate=float(child_cfg.get("drop_path_rate", 0.0)),
+    )
+
+
 # ---- a child trained from scratch -------------------------------------------------------------------------------
 class ChildTrainer:
     """One child network trained from scratch for a fixed number of steps, then scored (random, rl, benchmark).
@@ -122,9 +136,7 @@ class ChildTrainer:
         check_keys(cfg, CHILD_KEYS, "child")
         self.genotype = genotype
         self.steps = int(cfg.get("steps", 150))
-        opts = child_options(genotype, int(cfg.get("channels", 8)), int(cfg.get("num_cells", 1)), data.num_classes,
-                             data.in_chans, float(cfg.get("stem_multiplier", 3.0)),
-                             drop_path_rate=float(cfg.get("drop_path_rate", 0.0)))  # fmt: skip
+        opts = child_options(genotype, **child_shape_of(cfg, data))
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             self.model = NASNet(**opts).to(device)
@@ -409,10 +421,7 @@ class EnasSearch(SearchStrategy):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        c, d = self.child_cfg, self.data
-        self.supernet = Supernet(self.space, int(c.get("num_cells", 1)), int(c.get("channels", 8)), d.num_classes,
-                                 d.in_chans, float(c.get("stem_multiplier", 3.0)),
-                                 drop_path_rate=float(c.get("drop_path_rate", 0.0)))  # fmt: skip
+        self.supernet = Supernet(self.space, **child_shape_of(self.child_cfg, self.data))
         ctrl_cfg = dict(self.cfg.get("controller") or {})
         ctrl_cfg.pop("kind", None)
         self.controller = build_controller("enas", self.space, **ctrl_cfg)
