@@ -60,11 +60,13 @@ def compare_precisions(
     dataset_cfg: dict[str, Any],
     calibration_batches: int = 4,
     batch_size: int = 64,
+    int8: bool = True,
 ) -> tuple[dict[str, dict[str, float]], Any]:
     """Top-1 on the val split of ``model`` in float32, under bf16 autocast and int8-quantised (calibrated on the first
     ``calibration_batches`` training batches, training transforms included), and each one's per-image top-1
     agreement with float32 (:func:`backbones.quantize.top1_agreement`). Returns ``(figures, int8 module)``; the
-    figures carry ``size`` (bytes of weights and buffers, float32 vs int8)."""
+    figures carry ``size`` (bytes of weights and buffers, float32 vs int8). ``int8=False``: float32 and bf16 only
+    (no calibration; the module returned is None)."""
     from torch.utils.data import DataLoader
 
     from backbones.quantize import bf16, lower_int8, quantize_int8, tensor_bytes, top1_agreement
@@ -75,15 +77,19 @@ def compare_precisions(
     gen = torch.Generator().manual_seed(0)
     train = DataLoader(data.train, batch_size, shuffle=True, generator=gen, collate_fn=collate_skip_bad)
     model = model.eval()
-    quantized = quantize_int8(model, train, max_batches=calibration_batches)
     val = [b for b in DataLoader(data.val, batch_size, collate_fn=collate_skip_bad)]
+    if not int8:
+        figures = top1_agreement(model, {"bf16": bf16(model)}, val)
+        figures["size"] = {"fp32": float(tensor_bytes(model))}
+        return figures, None
+    quantized = quantize_int8(model, train, max_batches=calibration_batches)
     lowered: dict[tuple[int, ...], Any] = {}  # oneDNN int8 kernels, per batch shape (the last batch is smaller)
 
-    def int8(x: torch.Tensor) -> torch.Tensor:
+    def int8_forward(x: torch.Tensor) -> torch.Tensor:
         if tuple(x.shape) not in lowered:
             lowered[tuple(x.shape)] = lower_int8(quantized, x)
         return lowered[tuple(x.shape)](x)
 
-    figures = top1_agreement(model, {"bf16": bf16(model), "int8": int8}, val)
+    figures = top1_agreement(model, {"bf16": bf16(model), "int8": int8_forward}, val)
     figures["size"] = {"fp32": float(tensor_bytes(model)), "int8": float(tensor_bytes(quantized))}
     return figures, quantized

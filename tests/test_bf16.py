@@ -117,3 +117,10 @@ def test_classification_bf16_trains_evaluates_exports_and_quantises(tmp_path, ca
     )
     table = capsys.readouterr().out
     assert "| fp32 |" in table and "| bf16 |" in table and "| int8 |" in table
+    # --no-int8: the float32 and bf16 rows only, for models int8 does not cover; int8 files cannot be asked for then
+    assert _tool("quantize", str(last), "--set", "image_size=16", "--batch-size", "360", "--no-int8") == 0
+    table = capsys.readouterr().out
+    assert "| fp32 |" in table and "| bf16 |" in table and "| int8 |" not in table
+    with pytest.raises(SystemExit):
+        _tool("quantize", str(last), "--no-int8", "--output", str(tmp_path / "x.pt2"))
+    assert not (tmp_path / "x.pt2").exists()

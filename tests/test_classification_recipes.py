@@ -147,3 +147,31 @@ def test_solver_of_a_recipe_can_be_chosen_apart():
     cfg = compose_cfg(["recipe=nasnet_imagenet", "solver=sgd_imagenet"], task="classify")
     assert (cfg.recipe.name, cfg.solver.name) == ("nasnet_imagenet", "sgd_imagenet")
     assert Solver.from_config(cfg.solver).optimizer == "sgd"
+
+
+@pytest.mark.parametrize("model", ["squeezenet1_0", "squeezenet1_1", "squeezenet1_0_bypass"])
+def test_squeezenet_on_digits_gets_its_tuned_solver(model):
+    """conf/tuning/sgd_digits_<squeezenet>.yaml replaces the digits recipe's SGD (which kills conv10's ReLU) with
+    AdamW; the schedule stays the recipe's, other models and recipes keep theirs, and the command line still wins."""
+    from tiny_runs import compose_cfg
+
+    s = compose_cfg([f"backbone={model}"], task="classify").solver
+    assert (s.name, s.optimizer, s.lr, s.weight_decay, s.schedule) == ("sgd_digits", "adamw", 1e-3, 0.01, "cosine")
+    assert isinstance(build_optimizer(nn.Linear(4, 2), s, global_batch=64), torch.optim.AdamW)
+    assert compose_cfg([f"backbone={model}", "solver.lr=0.002"], task="classify").solver.lr == 0.002
+    assert compose_cfg([f"backbone={model}", "recipe=sgd_imagenet"], task="classify").solver.optimizer == "sgd"
+    assert compose_cfg(["backbone=mobilenet_v1_x0_5"], task="classify").solver.optimizer == "sgd"
+
+
+def test_every_tuning_file_names_a_recipe_and_a_model():
+    """A tuning file is only merged if its name is <recipe>_<backbone> (classification) or <dataset>_<detector>
+    (detection): a misspelt one would silently never apply."""
+    import backbones
+    from detection import DETECTORS
+
+    recipes = {p.stem for p in (CONF / "recipe").glob("*.yaml")}
+    datasets = {p.stem for p in (CONF / "dataset").glob("*.yaml")}
+    for path in (CONF / "tuning").glob("*.yaml"):
+        pairs = [(a, b) for a in recipes | datasets for b in [*backbones.list_models(), *DETECTORS]
+                 if path.stem == f"{a}_{b}"]  # fmt: skip
+        assert pairs, f"{path.name} matches no <recipe>_<backbone> or <dataset>_<detector>"

@@ -3,6 +3,7 @@
     python tools/quantize.py outputs/classify/<run>/checkpoints/last.ckpt      # digits, 4 calibration batches
     python tools/quantize.py last.ckpt --output model_int8.pt2 --onnx model_int8.onnx      # also write the int8 model
     python tools/quantize.py last.ckpt --dataset imagefolder --set root=/data/imagenet --set image_size=224
+    python tools/quantize.py last.ckpt --no-int8      # float32 and bf16 only (models int8 does not cover)
 
 Calibrates on the first training batches, evaluates the val split three ways (the float32 model, the same under bf16
 autocast, the int8 model on oneDNN kernels) and prints each top-1, its per-image agreement with float32 and the
@@ -32,18 +33,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--output", default=None, help="write the int8 model as an ExportedProgram (.pt2)")
     ap.add_argument("--onnx", default=None, help="write the int8 model as ONNX (QDQ, dynamo exporter)")
+    ap.add_argument("--no-int8", action="store_true", help="float32 and bf16 only (no calibration, no int8 files)")
     args = ap.parse_args(argv)
+    if args.no_int8 and (args.output or args.onnx):
+        ap.error("--no-int8 writes no int8 model: drop --output / --onnx")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("onnxscript", "onnx_ir"):  # the dynamo exporter's optimiser logs every pass at INFO
         logging.getLogger(noisy).setLevel(logging.WARNING)
     model, hp = classifier_from_checkpoint(args.checkpoint)
     cfg = dataset_config(args.dataset, args.set)
-    figures, quantized = compare_precisions(model, cfg, args.calibration_batches, args.batch_size)
+    figures, quantized = compare_precisions(model, cfg, args.calibration_batches, args.batch_size, not args.no_int8)
     n = int(figures.pop("images")["count"])
     sizes = figures.pop("size")
-    print(f"{hp['model_name']} on {n} {cfg['name']} val images, int8 calibrated on {args.calibration_batches} batches")
+    calibrated = "" if args.no_int8 else f", int8 calibrated on {args.calibration_batches} batches"
+    print(f"{hp['model_name']} on {n} {cfg['name']} val images{calibrated}")
     print("| precision | top-1 % | agreement with fp32 % | weights MB |\n|---|---|---|---|")
     for name, key in (("fp32", "reference"), ("bf16", "bf16"), ("int8", "int8")):
+        if key not in figures:
+            continue
         f = figures[key]
         agree = f"{f['agreement']:.2f}" if "agreement" in f else "100 (reference)"
         size = sizes["int8" if name == "int8" else "fp32"] / 2**20
