@@ -107,3 +107,48 @@ def test_no_calibration_data_is_refused():
         quantize_int8(backbones.create_model("mobilenet_v1_x0_25"), [])
     with pytest.raises(TypeError, match=r"\(N, C, H, W\) tensor"):
         quantize_int8(backbones.create_model("mobilenet_v1_x0_25"), [torch.randn(3, 32, 32)])
+
+
+def test_a_lowering_that_disagrees_with_the_reference_is_refused(quantized, monkeypatch):
+    """lower_int8 runs the lowered kernels beside the reference graph: a lowering that computes something else (as
+    torch 2.14's fused conv + residual add does at 1 x 1 pixels) raises naming the error instead of being returned."""
+    import torchao.quantization.pt2e.lowering as lowering
+
+    from backbones.quantize import LoweringMismatchError
+
+    _, q = quantized
+    x = _batches(1, seed=3)[0]
+    real = lowering.lower_pt2e_quantized_to_x86
+
+    class Off(torch.nn.Module):  # the real lowered kernels, one output 10 % of the scale off
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, t):
+            out = self.inner(t).clone()
+            out[0, 0] += 0.1 * out.abs().max()
+            return out
+
+    monkeypatch.setattr(lowering, "lower_pt2e_quantized_to_x86", lambda m, ex: Off(real(m, ex)))
+    with pytest.raises(LoweringMismatchError, match=r"max\|lowered - reference\| / max\|reference\| = 0\.1"):
+        lower_int8(q, x)
+    assert isinstance(lower_int8(q, x, bound=None), Off)  # unchecked on request
+    assert isinstance(lower_int8(q, x, bound=0.2), Off)
+
+
+def test_precision_figures_fall_back_to_the_reference_graph(monkeypatch):
+    """compare_precisions evaluates the reference int8 graph where the lowering is refused, and says so."""
+    import backbones.quantize as bq
+    from classification.export import compare_precisions, dataset_config
+
+    def refuse(quantized, example, bound=INT8_RTOL):
+        raise bq.LoweringMismatchError("disagrees")
+
+    monkeypatch.setattr(bq, "lower_int8", refuse)
+    torch.manual_seed(0)
+    model = backbones.create_model("mobilenet_v1_x0_25", num_classes=10)
+    cfg = dataset_config("digits", ["image_size=16", "val_fraction=0.05"])
+    figures, q = compare_precisions(model, cfg, calibration_batches=1, batch_size=128)
+    assert figures["int8"]["lowered"] == 0.0 and 0 <= figures["int8"]["top1"] <= 100
+    assert q is not None

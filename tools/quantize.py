@@ -54,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
         f = figures[key]
         agree = f"{f['agreement']:.2f}" if "agreement" in f else "100 (reference)"
         size = sizes["int8" if name == "int8" else "fp32"] / 2**20
-        print(f"| {name} | {f['top1']:.2f} | {agree} | {size:.2f} |")
+        kernels = " (reference graph: oneDNN's lowering refused)" if f.get("lowered") == 0.0 else ""
+        print(f"| {name}{kernels} | {f['top1']:.2f} | {agree} | {size:.2f} |")
     side = cfg.get("image_size", model.card.input_size)
     if args.output:
         import torch
