@@ -195,7 +195,10 @@ def top1_agreement(
     reference: Callable[[Tensor], Tensor], candidates: Mapping[str, Callable[[Tensor], Tensor]], batches: Iterable[Any]
 ) -> dict[str, dict[str, float]]:
     """Top-1 of ``reference`` and of each candidate on labelled ``batches`` ``(images, labels, ...)``, and the
-    percentage of images on which each candidate's top-1 class is the reference's.
+    percentage of images on which each candidate's top-1 class is the reference's. The top-1 class is
+    ``logits.topk(k).indices[:, 0]``, the rule of the training runs' ``val/top1``: where several logits tie for the
+    largest (a ReLU classifier such as SqueezeNet's outputs all zeros for some images), ``argmax`` picks another of
+    them, and a figure here would differ from the run's.
 
     Returns:
         ``{"reference": {"top1": ..}, name: {"top1": .., "agreement": ..}, ...}`` in percent, plus ``"images"``.
@@ -205,10 +208,10 @@ def top1_agreement(
     with torch.no_grad():
         for batch in batches:
             x, y = batch[0], batch[1]
-            ref = reference(x).argmax(1)
+            ref = _top1(reference(x))
             hits["reference"].append(ref == y)
             for name, fn in candidates.items():
-                pred = fn(x).argmax(1)
+                pred = _top1(fn(x))
                 hits[name].append(pred == y)
                 agree[name].append(pred == ref)
     out: dict[str, dict[str, float]] = {}
@@ -218,6 +221,10 @@ def top1_agreement(
             out[name]["agreement"] = 100.0 * torch.cat(agree[name]).float().mean().item()
     out["images"] = {"count": float(sum(len(h) for h in hits["reference"]))}
     return out
+
+
+def _top1(logits: Tensor) -> Tensor:
+    return logits.topk(min(5, logits.shape[1]), dim=1).indices[:, 0]
 
 
 def time_precisions(

@@ -161,7 +161,7 @@ class ChildTrainer:
         loss.backward()
         self.optimizer.step()
         self.done_steps += 1
-        return float(loss)
+        return float(loss.detach())
 
     def evaluate(self, x: Tensor, y: Tensor) -> float:
         self.model.eval()
