@@ -167,8 +167,9 @@ def test_squeezenet_on_digits_gets_its_tuned_solver(model):
 def test_imagenet_nasnets_on_digits_get_pytorch_bn_momentum(model):
     """TF-slim's BN momentum 3e-4 leaves the running statistics at their initial values in a 440-step run: the
     digits tuning sets 0.1, which reaches every BatchNorm; the recipe's solver and the model's own options stay."""
-    import backbones
     from tiny_runs import compose_cfg
+
+    import backbones
 
     cfg = compose_cfg([f"backbone={model}"], task="classify")
     assert cfg.backbone.options.bn_momentum == 0.1 and cfg.solver.optimizer == "sgd"
@@ -178,7 +179,8 @@ def test_imagenet_nasnets_on_digits_get_pytorch_bn_momentum(model):
     assert {m.momentum for m in net.modules() if isinstance(m, nn.BatchNorm2d)} == {0.1}
     over = compose_cfg([f"backbone={model}", "backbone.options.bn_momentum=0.01"], task="classify")
     assert over.backbone.options.bn_momentum == 0.01
-    assert "bn_momentum" not in compose_cfg([f"backbone={model}", "recipe=nasnet_imagenet"], task="classify").backbone.options
+    imagenet = compose_cfg([f"backbone={model}", "recipe=nasnet_imagenet"], task="classify")
+    assert "bn_momentum" not in imagenet.backbone.options
 
 
 def test_every_tuning_file_names_a_recipe_and_a_model():
