@@ -196,7 +196,7 @@ def top1_agreement(
 ) -> dict[str, dict[str, float]]:
     """Top-1 of ``reference`` and of each candidate on labelled ``batches`` ``(images, labels, ...)``, and the
     percentage of images on which each candidate's top-1 class is the reference's. The top-1 class is
-    ``logits.topk(k).indices[:, 0]``, the rule of the training runs' ``val/top1``: where several logits tie for the
+    ``top_classes(logits)[:, 0]``, the rule of the training runs' ``val/top1``: where several logits tie for the
     largest (a ReLU classifier such as SqueezeNet's outputs all zeros for some images), ``argmax`` picks another of
     them, and a figure here would differ from the run's.
 
@@ -223,8 +223,14 @@ def top1_agreement(
     return out
 
 
+def top_classes(logits: Tensor, k: int = 5) -> Tensor:
+    """The ``min(k, classes)`` highest-scoring classes of each row, best first: the one ranking of both the training
+    runs' ``val/top1`` / ``val/top5`` and :func:`top1_agreement` (ties broken by ``topk``, not ``argmax``)."""
+    return logits.topk(min(k, logits.shape[1]), dim=1).indices
+
+
 def _top1(logits: Tensor) -> Tensor:
-    return logits.topk(min(5, logits.shape[1]), dim=1).indices[:, 0]
+    return top_classes(logits)[:, 0]
 
 
 def time_precisions(

@@ -29,6 +29,7 @@ from torch.utils.data import BatchSampler, DataLoader, DistributedSampler
 import backbones
 from backbones.atomic import write_json_atomic
 from backbones.compression import CompressionPlan, MaskKeeper, prune
+from backbones.quantize import top_classes
 from training.checkpoint import META_KEY, check_checkpoint, inspect_checkpoint
 from training.config import backbone_spec, plain
 from training.optim import Solver, configure_optimizers
@@ -181,8 +182,7 @@ class ClassificationModule(L.LightningModule):
     def _hits(logits: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         if isinstance(logits, tuple | list):
             logits = logits[0]
-        k = min(5, logits.shape[1])
-        top = logits.topk(k, dim=1).indices  # (B, k)
+        top = top_classes(logits, 5)  # (B, min(5, classes)): the ranking the precision figures use too
         return top[:, 0].eq(y), top.eq(y[:, None]).any(1)
 
     def validation_step(self, batch, batch_idx: int) -> None:

@@ -105,15 +105,10 @@ def build_solver(
 def child_shape_of(child_cfg: Mapping[str, Any], data: SearchData) -> dict[str, Any]:
     """The child network's shape (:data:`backbones.nas.supernet.CHILD_DEFAULTS` keys) from the ``child`` section of
     ``conf/search.yaml`` and the proxy data (class count, image channels): the one reading of it for the children
-    of random / rl and the ENAS supernet."""
-    return dict(
-        channels=int(child_cfg.get("channels", 8)),
-        num_cells=int(child_cfg.get("num_cells", 1)),
-        num_classes=data.num_classes,
-        in_chans=data.in_chans,
-        stem_multiplier=float(child_cfg.get("stem_multiplier", 3.0)),
-        drop_path_rate=float(child_cfg.get("drop_path_rate", 0.0)),
-    )
+    of random / rl and the ENAS supernet; a key the section leaves out takes ``CHILD_DEFAULTS``' value."""
+    kinds = {"channels": int, "num_cells": int, "stem_multiplier": float, "drop_path_rate": float}
+    shape = {k: kind(child_cfg[k]) for k, kind in kinds.items() if child_cfg.get(k) is not None}
+    return {**shape, "num_classes": data.num_classes, "in_chans": data.in_chans}
 
 
 # ---- a child trained from scratch -------------------------------------------------------------------------------
